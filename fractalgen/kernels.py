@@ -1,0 +1,343 @@
+"""Numba kernels: the chaos game, rasterisation, patch texture, colour, backgrounds, blur.
+
+Every kernel that draws random numbers takes an explicit 64-bit seed and runs its own xorshift64*
+stream in registers, so results are a pure function of the inputs (no global RNG state, identical in
+any process). Kernels are single-threaded on purpose: the writer parallelises over shards with
+processes, which scales better and keeps forked DataLoader workers safe.
+"""
+
+import numpy as np
+from numba import njit
+
+_MUL = np.uint64(0x2545F4914F6CDD1D)
+_S12 = np.uint64(12)
+_S25 = np.uint64(25)
+_S27 = np.uint64(27)
+_S11 = np.uint64(11)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@njit(cache=True, inline="always")
+def _step(s):
+    s ^= s >> _S12
+    s ^= s << _S25
+    s ^= s >> _S27
+    return s
+
+
+@njit(cache=True, inline="always")
+def _uniform(s):
+    """Next state and a float in [0, 1) from its top 53 bits."""
+    s = _step(s)
+    return s, float((s * _MUL) >> _S11) * _INV53
+
+
+@njit(cache=True)
+def xorshift_uniforms(seed, n):
+    """The kernel stream as an array (used by tests and small Python-side draws)."""
+    out = np.empty(n)
+    s = np.uint64(seed)
+    for i in range(n):
+        s, out[i] = _uniform(s)
+    return out
+
+
+@njit(cache=True)
+def fixed_point(params, k):
+    """Fixed point of map k (a point of the attractor); origin if I - A is singular."""
+    a, b, c, d, e, f = params[k, 0], params[k, 1], params[k, 2], params[k, 3], params[k, 4], params[k, 5]
+    det = (1.0 - a) * (1.0 - d) - b * c
+    if abs(det) < 1e-12:
+        return 0.0, 0.0
+    return ((1.0 - d) * e + b * f) / det, (c * e + (1.0 - a) * f) / det
+
+
+_S32 = np.uint64(32)
+_LO32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _pick(u, thresholds, last):
+    """Map index for a 32-bit uniform u: branch-free count of thresholds passed."""
+    k = 0
+    for m in range(last):
+        k += u >= thresholds[m]
+    return k
+
+
+@njit(cache=True, inline="always")
+def _apply(P, k, x, y):
+    return P[k, 0] * x + P[k, 1] * y + P[k, 4], P[k, 2] * x + P[k, 3] * y + P[k, 5]
+
+
+@njit(cache=True)
+def chaos_game(params, thresholds, n_points, seed, xs, ys):
+    """Run the chaos game, writing n_points points into xs/ys.
+
+    params: (N, 6) rows (a, b, c, d, e, f) meaning x' = a x + b y + e, y' = c x + d y + f.
+    thresholds: (N - 1,) uint64 cumulative map probabilities scaled to 2**32.
+    Four independent chains are interleaved (point i belongs to chain i % 4) so the CPU overlaps
+    their serial dependencies; each 64-bit random number picks the maps of two steps. All chains
+    start at the fixed point of map 0, which lies on the attractor, so no warm-up is needed.
+    """
+    last = params.shape[0] - 1
+    x0, y0 = fixed_point(params, 0)
+    xa = xb = xc = xd = x0
+    ya = yb = yc = yd = y0
+    s = np.uint64(seed)
+    for i in range(0, n_points, 4):
+        s = _step(s)
+        r = s * _MUL
+        xa, ya = _apply(params, _pick(r >> _S32, thresholds, last), xa, ya)
+        xb, yb = _apply(params, _pick(r & _LO32, thresholds, last), xb, yb)
+        s = _step(s)
+        r = s * _MUL
+        xc, yc = _apply(params, _pick(r >> _S32, thresholds, last), xc, yc)
+        xd, yd = _apply(params, _pick(r & _LO32, thresholds, last), xd, yd)
+        xs[i] = xa
+        ys[i] = ya
+        if i + 1 < n_points:
+            xs[i + 1] = xb
+            ys[i + 1] = yb
+        if i + 2 < n_points:
+            xs[i + 2] = xc
+            ys[i + 2] = yc
+        if i + 3 < n_points:
+            xs[i + 3] = xd
+            ys[i + 3] = yd
+
+
+@njit(cache=True)
+def bounds(xs, ys):
+    """(ok, xmin, xmax, ymin, ymax); ok is False for non-finite or exploding coordinates."""
+    xmin, xmax, ymin, ymax = xs.min(), xs.max(), ys.min(), ys.max()
+    ok = np.isfinite(xmin) and np.isfinite(xmax) and np.isfinite(ymin) and np.isfinite(ymax)
+    ok = ok and max(abs(xmin), abs(xmax), abs(ymin), abs(ymax)) < 1e30
+    return ok, xmin, xmax, ymin, ymax
+
+
+@njit(cache=True)
+def splat(xs, ys, x0, x1, y0, y1, flip_x, flip_y, transpose, hist):
+    """Count points per pixel into the interior of a 1-pixel-padded hist (H + 2, W + 2).
+
+    The window [x0, x1] x [y0, y1] maps its edges to the centres of the first and last pixels, so a
+    bounding-box window fills the canvas; points outside it are dropped. Flips and the transpose are
+    applied here, on pixel coordinates, so they cost nothing extra.
+    """
+    h = hist.shape[0] - 2
+    w = hist.shape[1] - 2
+    if transpose:
+        x0, x1, y0, y1 = y0, y1, x0, x1
+    sx = (w - 1) / max(x1 - x0, 1e-300)
+    sy = (h - 1) / max(y1 - y0, 1e-300)
+    flat = hist.ravel()
+    stride = w + 2
+    for i in range(xs.shape[0]):
+        if transpose:
+            fx = (ys[i] - x0) * sx + 0.5
+            fy = (xs[i] - y0) * sy + 0.5
+        else:
+            fx = (xs[i] - x0) * sx + 0.5
+            fy = (ys[i] - y0) * sy + 0.5
+        if fx >= 0.0 and fx < w and fy >= 0.0 and fy < h:
+            px = int(fx)
+            py = int(fy)
+            if flip_x:
+                px = w - 1 - px
+            if flip_y:
+                py = h - 1 - py
+            flat[(py + 1) * stride + px + 1] += 1
+
+
+@njit(cache=True)
+def apply_patch(hist, patch):
+    """Draw every point as the 3x3 on/off patch: a 3x3 correlation of the padded hist.
+
+    Gathering per output pixel (instead of stamping per point) vectorises: ~0.02 ms at 256 px.
+    """
+    h = hist.shape[0] - 2
+    w = hist.shape[1] - 2
+    out = np.empty((h, w), np.int32)
+    p0, p1, p2 = np.int32(patch[0, 0]), np.int32(patch[0, 1]), np.int32(patch[0, 2])
+    p3, p4, p5 = np.int32(patch[1, 0]), np.int32(patch[1, 1]), np.int32(patch[1, 2])
+    p6, p7, p8 = np.int32(patch[2, 0]), np.int32(patch[2, 1]), np.int32(patch[2, 2])
+    for y in range(h):
+        # a point at pixel q with patch cell (dy, dx) lights q + (dy - 1, dx - 1)
+        r0 = hist[y + 2]
+        r1 = hist[y + 1]
+        r2 = hist[y]
+        o = out[y]
+        for x in range(w):
+            o[x] = (p0 * r0[x + 2] + p1 * r0[x + 1] + p2 * r0[x]
+                    + p3 * r1[x + 2] + p4 * r1[x + 1] + p5 * r1[x]
+                    + p6 * r2[x + 2] + p7 * r2[x + 1] + p8 * r2[x])
+    return out
+
+
+@njit(cache=True)
+def render_counts(params, thresholds, n_points, seed, h, w, window_x, window_y, shift_x, shift_y,
+                  flip_x, flip_y, transpose, patch):
+    """Points per pixel of one fractal drawn with a 3x3 patch: (ok, counts (h, w) int32).
+
+    The drawing window is the points' bounding box scaled about its centre by (window_x, window_y)
+    (> 1 shows the fractal smaller) and shifted by (shift_x, shift_y) box widths. ok is False for a
+    divergent system (nothing is drawn).
+    """
+    xs = np.empty(n_points)
+    ys = np.empty(n_points)
+    chaos_game(params, thresholds, n_points, seed, xs, ys)
+    ok, xmin, xmax, ymin, ymax = bounds(xs, ys)
+    if not ok:
+        return False, np.zeros((h, w), np.int32)
+    hx = 0.5 * (xmax - xmin) * window_x
+    hy = 0.5 * (ymax - ymin) * window_y
+    cx = 0.5 * (xmin + xmax) + shift_x * (xmax - xmin)
+    cy = 0.5 * (ymin + ymax) + shift_y * (ymax - ymin)
+    hist = np.zeros((h + 2, w + 2), np.int32)
+    splat(xs, ys, cx - hx, cx + hx, cy - hy, cy + hy, flip_x, flip_y, transpose, hist)
+    return True, apply_patch(hist, patch)
+
+
+@njit(cache=True, inline="always")
+def _hsv_to_rgb(h, s, v):
+    h = (h % 1.0) * 6.0
+    i = int(h)
+    f = h - i
+    p = v * (1.0 - s)
+    q = v * (1.0 - s * f)
+    t = v * (1.0 - s * (1.0 - f))
+    if i == 0:
+        return v, t, p
+    if i == 1:
+        return q, v, p
+    if i == 2:
+        return p, v, t
+    if i == 3:
+        return p, q, v
+    if i == 4:
+        return t, p, v
+    return v, p, q
+
+
+@njit(cache=True)
+def _palette(hue_shift, sat, val, cmax):
+    """RGB for every count 0..min(cmax, 4095); hue follows log-normalised density plus a shift."""
+    n = min(cmax, 4095) + 1
+    lut = np.zeros((n, 3), np.uint8)
+    inv = 1.0 / np.log1p(max(cmax, 1))
+    for c in range(1, n):
+        r, g, b = _hsv_to_rgb(hue_shift + np.log1p(c) * inv, sat, val)
+        lut[c, 0] = np.uint8(r * 255.0 + 0.5)
+        lut[c, 1] = np.uint8(g * 255.0 + 0.5)
+        lut[c, 2] = np.uint8(b * 255.0 + 0.5)
+    return lut
+
+
+@njit(cache=True)
+def colorize(counts, hue_shift, sat, val, rgb, mask):
+    """Colour the fractal pixels (counts > 0) of rgb (H, W, 3 uint8) in place and mark them in mask.
+
+    Uses a full 0-1 hue circle (the public code's OpenCV 0-179 range makes some hues twice as
+    likely). Counts above 4095 share the top colour. Returns the number of fractal pixels.
+    """
+    cmax = counts.max()
+    if cmax <= 0:
+        return 0
+    lut = _palette(hue_shift, sat, val, cmax)
+    top = lut.shape[0] - 1
+    h, w = counts.shape
+    filled = 0
+    for y in range(h):
+        for x in range(w):
+            c = counts[y, x]
+            if c > 0:
+                c = min(c, top)
+                rgb[y, x, 0] = lut[c, 0]
+                rgb[y, x, 1] = lut[c, 1]
+                rgb[y, x, 2] = lut[c, 2]
+                mask[y, x] = True
+                filled += 1
+    return filled
+
+
+@njit(cache=True)
+def plasma(n, roughness, seed):
+    """Diamond-square plasma noise on an (n, n) grid, n = 2**k + 1, values in [0, 1]."""
+    g = np.zeros((n, n))
+    s = np.uint64(seed)
+    for yy in (0, n - 1):
+        for xx in (0, n - 1):
+            s, g[yy, xx] = _uniform(s)
+    step = n - 1
+    amp = 1.0
+    while step > 1:
+        half = step // 2
+        for y in range(half, n, step):  # diamond step: centres of squares
+            for x in range(half, n, step):
+                s, u = _uniform(s)
+                avg = 0.25 * (g[y - half, x - half] + g[y - half, x + half] + g[y + half, x - half] + g[y + half, x + half])
+                g[y, x] = avg + (u - 0.5) * amp
+        for y in range(0, n, half):  # square step: edge midpoints
+            for x in range((y + half) % step, n, step):
+                acc = 0.0
+                cnt = 0
+                if y >= half:
+                    acc += g[y - half, x]
+                    cnt += 1
+                if y + half < n:
+                    acc += g[y + half, x]
+                    cnt += 1
+                if x >= half:
+                    acc += g[y, x - half]
+                    cnt += 1
+                if x + half < n:
+                    acc += g[y, x + half]
+                    cnt += 1
+                s, u = _uniform(s)
+                g[y, x] = acc / cnt + (u - 0.5) * amp
+        step = half
+        amp *= roughness
+    lo = g.min()
+    hi = g.max()
+    return (g - lo) / max(hi - lo, 1e-12)
+
+
+@njit(cache=True)
+def colorize_background(noise, hue, hue_range, sat, val_lo, val_hi, rgb):
+    """Colour a [0, 1] noise field into rgb (H, W, 3): hue and value follow the noise (256 levels)."""
+    lut = np.empty((256, 3), np.uint8)
+    for i in range(256):
+        t = i / 255.0
+        r, g, b = _hsv_to_rgb(hue + hue_range * t, sat, val_lo + (val_hi - val_lo) * t)
+        lut[i, 0] = np.uint8(r * 255.0 + 0.5)
+        lut[i, 1] = np.uint8(g * 255.0 + 0.5)
+        lut[i, 2] = np.uint8(b * 255.0 + 0.5)
+    h, w, _ = rgb.shape
+    for y in range(h):
+        for x in range(w):
+            q = int(noise[y, x] * 255.0 + 0.5)
+            rgb[y, x, 0] = lut[q, 0]
+            rgb[y, x, 1] = lut[q, 1]
+            rgb[y, x, 2] = lut[q, 2]
+
+
+@njit(cache=True)
+def paste(canvas, owner, src_rgb, src_mask, top, left, instance):
+    """Paste the masked pixels of src onto canvas at (top, left), clipped to the canvas; later pastes
+    cover earlier ones. Records the instance id in owner; returns the number of pixels pasted."""
+    h, w, _ = canvas.shape
+    sh, sw = src_mask.shape
+    drawn = 0
+    for y in range(sh):
+        cy = top + y
+        if cy < 0 or cy >= h:
+            continue
+        for x in range(sw):
+            cx = left + x
+            if 0 <= cx < w and src_mask[y, x]:
+                canvas[cy, cx, 0] = src_rgb[y, x, 0]
+                canvas[cy, cx, 1] = src_rgb[y, x, 1]
+                canvas[cy, cx, 2] = src_rgb[y, x, 2]
+                owner[cy, cx] = instance
+                drawn += 1
+    return drawn

@@ -1,0 +1,289 @@
+"""The three dataset kinds: a DatasetSpec holds the resolved options and class systems, and
+render_sample(spec, index) draws sample `index` as a pure function of (spec, index).
+
+- fractaldb (Kataoka et al., ACCV 2020): class = a searched IFS; instance = weight variant x flip x
+  patch render, white on black.
+- single (Anderson & Farrell, WACV 2022): class = a sigma-factor IFS; one coloured fractal on a
+  plasma background, random window scale/shift, flips, optional blur.
+- multi (same paper): 1-5 fractals of random classes pasted on a background; multi-label target.
+"""
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from . import kernels
+from .errors import UserError
+from .rng import generator, kernel_seed
+from .systems import (N_WEIGHT_VARIANTS, WEIGHT_FACTORS, load_systems, sigma_class_system, thresholds,
+                      weight_variant)
+
+KINDS = ("fractaldb", "single", "multi")
+
+# Published defaults (see ../shared/FRACTALS.md); every key can be overridden and lands in the card.
+COMMON = {"size": 256, "points": 100_000, "seed": 0}
+DEFAULTS = {
+    "fractaldb": {"color": False, "flips": True, "min_fill": 0.02},
+    "single": {"window": [0.5, 2.0], "shift": 0.2, "flips": True, "jitter": 0.0, "background": True,
+               "blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0],
+               "min_fill": 0.002},
+    "multi": {"objects": [1, 5], "object_size": [0.15, 0.6], "flips": True, "background": True,
+              "blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0],
+              "min_visible": 0.1, "min_object_points": 5_000},
+}
+MIN_SIZE = 16
+_MAX_ATTEMPTS = 8
+
+
+@dataclass
+class Sample:
+    key: str
+    image: np.ndarray  # uint8 (H, W) grayscale or (H, W, 3) RGB
+    cls: int
+    classes: list
+    meta: dict = field(default_factory=dict)
+
+
+class DatasetSpec:
+    """Resolved options (a JSON-able dict) plus the class systems they refer to."""
+
+    def __init__(self, options: dict, systems: list):
+        self.options = options
+        self.systems = systems
+        self._thresholds = [thresholds(s) for s in systems]
+
+    kind = property(lambda self: self.options["kind"])
+    n = property(lambda self: self.options["n"])
+    num_classes = property(lambda self: self.options["classes"])
+    size = property(lambda self: self.options["size"])
+    seed = property(lambda self: self.options["seed"])
+    multilabel = property(lambda self: self.kind == "multi")
+    channels = property(lambda self: 3 if self.kind != "fractaldb" or self.options["color"] else 1)
+
+    @classmethod
+    def create(cls, kind: str, n: int, classes: int, systems: list | None = None, **overrides) -> "DatasetSpec":
+        """Resolve defaults, validate, and derive the class systems.
+
+        single/multi systems come from (seed, class); fractaldb needs `systems` (from
+        `fractalgen search`, see search.py) with at least `classes` entries.
+        """
+        options = resolve_options(kind, n, classes, overrides)
+        if kind == "fractaldb":
+            if systems is None:
+                raise UserError("fractaldb needs class systems: run `fractalgen search` or pass --systems FILE")
+            if len(systems) < classes:
+                raise UserError(f"the systems file has {len(systems)} systems but --classes is {classes}; "
+                                f"search for more classes or lower --classes")
+            systems = [np.asarray(s, np.float64) for s in systems[:classes]]
+        else:
+            systems = [sigma_class_system(options["seed"], c) for c in range(classes)]
+        return cls(options, systems)
+
+    @classmethod
+    def from_card(cls, card: dict, root: str) -> "DatasetSpec":
+        """The spec a dataset folder was rendered with (systems from its systems.json)."""
+        systems, _ = load_systems(os.path.join(root, card.get("systems", "systems.json")))
+        return cls(copy.deepcopy(card["options"]), systems)
+
+
+def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:
+    if kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    options = {"kind": kind, "n": n, "classes": classes, **copy.deepcopy(COMMON), **copy.deepcopy(DEFAULTS[kind])}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in options:
+            raise UserError(f"option {key!r} does not apply to kind {kind}; valid: {', '.join(sorted(options))}")
+        options[key] = value
+    if not isinstance(n, int) or n <= 0:
+        raise UserError(f"--n must be a positive number of samples, got {n}")
+    if not isinstance(classes, int) or classes <= 0:
+        raise UserError(f"--classes must be positive, got {classes}")
+    if classes > n:
+        raise UserError(f"--classes ({classes}) is larger than --n ({n}); every class needs at least one sample")
+    if options["size"] < MIN_SIZE:
+        raise UserError(f"--size {options['size']} is too small; use at least {MIN_SIZE} pixels")
+    if options["points"] < 100:
+        raise UserError(f"--points {options['points']} is too few to draw a fractal; use at least 100")
+    return options
+
+
+def render_sample(spec: DatasetSpec, index: int) -> Sample:
+    """Sample `index` of the dataset: a pure function of (spec, index); any index >= 0 is valid
+    (indices >= n form a held-out range with the same distribution)."""
+    if index < 0:
+        raise ValueError("index must be >= 0")
+    return _RENDERERS[spec.kind](spec, int(index))
+
+
+def _random_patch(rng) -> np.ndarray:
+    """A 3x3 patch of random on/off cells with at least one cell on."""
+    while True:
+        patch = rng.integers(0, 2, (3, 3)).astype(np.uint8)
+        if patch.any():
+            return patch
+
+
+def _render_fractaldb(spec: DatasetSpec, index: int) -> Sample:
+    o = spec.options
+    cls = index % o["classes"]
+    instance = index // o["classes"]
+    variant = instance % N_WEIGHT_VARIANTS
+    flip = (instance // N_WEIGHT_VARIANTS) % 4 if o["flips"] else 0
+    rng = generator(o["seed"], "fractaldb-sample", index)
+    patch = _random_patch(rng)
+    seed = kernel_seed(rng)
+    size = o["size"]
+    fallback = False
+    for v in (variant, 0):  # a perturbed variant that diverges or empties falls back to the class system
+        params = weight_variant(spec.systems[cls], v)
+        th = spec._thresholds[cls] if v == 0 else thresholds(params)
+        ok, counts = kernels.render_counts(params, th, o["points"], seed, size, size, 1.0, 1.0, 0.0, 0.0,
+                                           bool(flip & 1), bool(flip & 2), False, patch)
+        if ok and np.count_nonzero(counts) >= o["min_fill"] * counts.size:
+            break
+        fallback = True
+    if o["color"]:
+        rng_c = generator(o["seed"], "fractaldb-colour", index)
+        image = np.zeros((size, size, 3), np.uint8)
+        kernels.colorize(counts, rng_c.random(), 1.0, 1.0, image, np.zeros((size, size), np.bool_))
+    else:
+        image = np.where(counts > 0, np.uint8(255), np.uint8(0))
+    factor = None if v == 0 else WEIGHT_FACTORS[(v - 1) % len(WEIGHT_FACTORS)]
+    meta = {"index": index, "cls": cls, "classes": [cls], "system": cls,
+            "variant": {"id": v, "parameter": None if v == 0 else "abcdef"[(v - 1) // len(WEIGHT_FACTORS)],
+                        "factor": factor, "fallback_from": variant if fallback else None},
+            "flip": {"horizontal": bool(flip & 1), "vertical": bool(flip & 2)},
+            "patch": patch.ravel().tolist(), "params": params.tolist()}
+    return Sample(f"{index:09d}", image, cls, [cls], meta)
+
+
+def _jitter(params: np.ndarray, amount: float, rng) -> np.ndarray:
+    """Scale each linear part by up to +-amount, then shrink any map whose largest singular value
+    passed 1, so the system stays contractive."""
+    out = params.copy()
+    out[:, :4] *= 1.0 + rng.uniform(-amount, amount, (len(params), 4))
+    for row in out:
+        top = np.linalg.svd(row[:4].reshape(2, 2), compute_uv=False)[0]
+        if top > 1.0:
+            row[:4] /= top
+    return out
+
+
+def _background(o: dict, rng, size: int) -> tuple[np.ndarray, dict]:
+    """A colourised diamond-square plasma field (or black when backgrounds are off)."""
+    image = np.zeros((size, size, 3), np.uint8)
+    if not o["background"]:
+        return image, {"kind": "none"}
+    grid = 1 << int(np.ceil(np.log2(size - 1))) if size > 2 else 2
+    roughness = rng.uniform(0.45, 0.75)
+    noise = kernels.plasma(grid + 1, roughness, kernel_seed(rng))[:size, :size]
+    hue, hue_range = rng.random(), rng.uniform(0.25, 1.0)
+    sat = rng.uniform(0.4, 0.9)
+    val_lo = rng.uniform(0.2, 0.5)
+    val_hi = min(1.0, val_lo + rng.uniform(0.3, 0.6))
+    kernels.colorize_background(np.ascontiguousarray(noise), hue, hue_range, sat, val_lo, val_hi, image)
+    return image, {"kind": "plasma", "roughness": roughness, "hue": hue, "hue_range": hue_range,
+                   "saturation": sat, "value": [val_lo, val_hi]}
+
+
+def _blur(o: dict, rng, image: np.ndarray):
+    """Gaussian blur with probability blur_p (Pillow's C implementation: ~10x a Python-level kernel)."""
+    if rng.random() >= o["blur_p"]:
+        return image, None
+    sigma = rng.uniform(*o["blur_sigma"])
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma))), sigma
+
+
+def _flips(o: dict, rng) -> tuple[bool, bool, bool]:
+    if not o["flips"]:
+        return False, False, False
+    fx, fy, tr = rng.integers(0, 2, 3)
+    return bool(fx), bool(fy), bool(tr)
+
+
+def _render_single(spec: DatasetSpec, index: int) -> Sample:
+    o = spec.options
+    size = o["size"]
+    cls = index % o["classes"]
+    rng = generator(o["seed"], "single-sample", index)
+    for attempt in range(_MAX_ATTEMPTS):
+        params = spec.systems[cls]
+        th = spec._thresholds[cls]
+        if o["jitter"] > 0:
+            params = _jitter(params, o["jitter"], rng)
+            th = thresholds(params)
+        patch = _random_patch(rng)
+        # the last attempt draws the plain bounding box, which a class system always fills
+        wx, wy = rng.uniform(*o["window"], 2) if attempt < _MAX_ATTEMPTS - 1 else (1.0, 1.0)
+        sx, sy = rng.uniform(-o["shift"], o["shift"], 2) if attempt < _MAX_ATTEMPTS - 1 else (0.0, 0.0)
+        fx, fy, tr = _flips(o, rng)
+        ok, counts = kernels.render_counts(params, th, o["points"], kernel_seed(rng), size, size,
+                                           wx, wy, sx, sy, fx, fy, tr, patch)
+        if ok and np.count_nonzero(counts) >= o["min_fill"] * counts.size:
+            break
+    image, background = _background(o, rng, size)
+    hue, sat, val = rng.random(), rng.uniform(*o["saturation"]), rng.uniform(*o["value"])
+    kernels.colorize(counts, hue, sat, val, image, np.zeros((size, size), np.bool_))
+    image, sigma = _blur(o, rng, image)
+    meta = {"index": index, "cls": cls, "classes": [cls], "system": cls, "attempt": attempt,
+            "params": params.tolist(), "patch": patch.ravel().tolist(),
+            "window": [float(wx), float(wy)], "shift": [float(sx), float(sy)],
+            "flip": {"horizontal": fx, "vertical": fy, "transpose": tr},
+            "colour": {"hue": hue, "saturation": sat, "value": val}, "background": background, "blur": sigma}
+    return Sample(f"{index:09d}", image, cls, [cls], meta)
+
+
+def _render_multi(spec: DatasetSpec, index: int) -> Sample:
+    o = spec.options
+    size = o["size"]
+    rng = generator(o["seed"], "multi-sample", index)
+    for attempt in range(_MAX_ATTEMPTS):
+        image, background = _background(o, rng, size)
+        owner = np.zeros((size, size), np.int16)  # which instance (1-based) shows at each pixel
+        instances = []
+        for j in range(int(rng.integers(o["objects"][0], o["objects"][1] + 1))):
+            c = int(rng.integers(o["classes"]))
+            side = max(4, int(round(rng.uniform(*o["object_size"]) * size)))
+            # the fractal is drawn directly at its pasted size (no resize), with the point density of a
+            # full-size render
+            points = max(o["min_object_points"], int(o["points"] * (side / size) ** 2))
+            patch = _random_patch(rng)
+            fx, fy, tr = _flips(o, rng)
+            ok, counts = kernels.render_counts(spec.systems[c], spec._thresholds[c], points, kernel_seed(rng),
+                                               side, side, 1.0, 1.0, 0.0, 0.0, fx, fy, tr, patch)
+            rgb = np.zeros((side, side, 3), np.uint8)
+            mask = np.zeros((side, side), np.bool_)
+            kernels.colorize(counts, rng.random(), rng.uniform(*o["saturation"]), rng.uniform(*o["value"]), rgb, mask)
+            # centre anywhere in the frame: the instance may hang partly outside it
+            top = int(rng.integers(size)) - side // 2
+            left = int(rng.integers(size)) - side // 2
+            drawn = kernels.paste(image, owner, rgb, mask, top, left, j + 1)
+            instances.append({"class": c, "paste_box": [left, top, left + side, top + side], "drawn_pixels": int(drawn),
+                              "flip": {"horizontal": fx, "vertical": fy, "transpose": tr},
+                              "patch": patch.ravel().tolist()})
+        visible = np.bincount(owner.ravel(), minlength=len(instances) + 1)
+        for j, inst in enumerate(instances):
+            inst["visible_pixels"] = int(visible[j + 1])
+            inst["present"] = bool(visible[j + 1] > 0 and visible[j + 1] >= o["min_visible"] * inst["drawn_pixels"])
+            if visible[j + 1]:
+                ys, xs = np.nonzero(owner == j + 1)
+                inst["box"] = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+            else:
+                inst["box"] = None
+        present = [inst for inst in instances if inst["present"]]
+        if present:
+            break
+    classes = sorted({inst["class"] for inst in present})
+    primary = max(present, key=lambda inst: inst["visible_pixels"])["class"]
+    image, sigma = _blur(o, rng, image)
+    meta = {"index": index, "cls": primary, "classes": classes, "attempt": attempt, "instances": instances,
+            "background": background, "blur": sigma}
+    return Sample(f"{index:09d}", image, primary, classes, meta)
+
+
+_RENDERERS = {"fractaldb": _render_fractaldb, "single": _render_single, "multi": _render_multi}
