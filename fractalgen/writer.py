@@ -180,11 +180,13 @@ def _write_shard(task) -> int:
     try:
         with open(tmp, "wb") as f:
             writer = wds.TarWriter(f, user="", group="", mtime=0, encoder=False)
-            for index in range(first, first + count):
-                s = render_sample(spec, index)
-                writer.write({"__key__": s.key, fmt: encode(s.image, fmt), "cls": str(s.cls).encode(),
-                              "json": json.dumps(s.meta, sort_keys=True).encode()})
-            writer.close()
+            try:
+                for index in range(first, first + count):
+                    s = render_sample(spec, index)
+                    writer.write({"__key__": s.key, fmt: encode(s.image, fmt), "cls": str(s.cls).encode(),
+                                  "json": json.dumps(s.meta, sort_keys=True).encode()})
+            finally:
+                writer.close()
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
