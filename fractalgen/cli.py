@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--format", choices=FORMATS, default=None,
-                   help="image encoding; default lossless: webp for colour kinds, png for fractaldb")
+                   help="image encoding; default png (lossless, fast encoder); webp is lossless, jpg lossy")
     p.add_argument("--part", default="0/1", help="render only the i-th of k disjoint parts of the shard list (i/k)")
     p.add_argument("--overwrite", action="store_true", help="replace a folder rendered with other options")
     p.add_argument("--no-progress", action="store_true")

@@ -181,3 +181,16 @@ def test_paste_clips_and_counts():
     drawn = kernels.paste(canvas, owner, src, mask, -1, 6, 3)  # hangs over the top and right edges
     assert drawn == 3 * 2  # rows 1..3 of src, columns 0..1
     assert (owner == 3).sum() == 6 and (canvas[owner == 3] == 200).all()
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (6, 9, 3), (1, 1, 3)])
+def test_png_encoder_roundtrips(shape):
+    import io
+
+    from PIL import Image
+
+    from fractalgen.png import encode_png
+
+    image = np.random.default_rng(3).integers(0, 256, shape).astype(np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(image))))
+    assert decoded.shape == image.shape and np.array_equal(decoded, image)

@@ -42,7 +42,7 @@ def test_shards_readable_with_webdataset(tmp_path, kind):
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
     assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(10)]
     for s in samples:
-        assert s["webp"].shape == (32, 32, 3) and s["webp"].dtype == np.uint8
+        assert s["png"].shape == (32, 32, 3) and s["png"].dtype == np.uint8
         meta = s["json"]
         assert int(s["cls"]) == meta["cls"] and meta["cls"] in meta["classes"]
         assert meta["index"] == int(s["__key__"])
