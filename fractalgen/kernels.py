@@ -6,8 +6,32 @@ any process). Kernels are single-threaded on purpose: the writer parallelises ov
 processes, which scales better and keeps forked DataLoader workers safe.
 """
 
+import ctypes
+import sys
+
 import numpy as np
 from numba import njit
+
+
+def _keep_freed_memory():
+    """Keep freed scratch arrays in the heap instead of returning them to the OS.
+
+    Each render allocates ~2 MB of short-lived arrays; glibc serves blocks above 128 KB with fresh
+    mmap pages and unmaps them on free, so every render paid ~500 page faults (as much time as the
+    chaos game itself, measured: 560 -> 1,500 kernel images/s). Memory stays flat: the same blocks
+    are reused render after render.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: heap-allocate blocks up to 64 MB
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of free heap
+    except (OSError, AttributeError):  # not glibc: correct, just slower
+        pass
+
+
+_keep_freed_memory()
 
 _MUL = np.uint64(0x2545F4914F6CDD1D)
 _S12 = np.uint64(12)
@@ -72,18 +96,20 @@ def _apply(P, k, x, y):
 
 @njit(cache=True)
 def chaos_game(params, thresholds, n_points, seed, xs, ys):
-    """Run the chaos game, writing n_points points into xs/ys.
+    """Run the chaos game, writing points into xs/ys; returns (ok, xmin, xmax, ymin, ymax).
 
     params: (N, 6) rows (a, b, c, d, e, f) meaning x' = a x + b y + e, y' = c x + d y + f.
     thresholds: (N - 1,) uint64 cumulative map probabilities scaled to 2**32.
-    Four independent chains are interleaved (point i belongs to chain i % 4) so the CPU overlaps
-    their serial dependencies; each 64-bit random number picks the maps of two steps. All chains
-    start at the fixed point of map 0, which lies on the attractor, so no warm-up is needed.
+    n_points is rounded up to a multiple of 4 (xs/ys must hold that many): four independent chains
+    are interleaved (point i belongs to chain i % 4) so the CPU overlaps their serial dependencies,
+    and each 64-bit random number picks the maps of two steps. All chains start at the fixed point
+    of map 0, which lies on the attractor, so no warm-up is needed. The bounding box is tracked in
+    the same loop; ok is False when coordinates explode (a divergent system).
     """
     last = params.shape[0] - 1
     x0, y0 = fixed_point(params, 0)
-    xa = xb = xc = xd = x0
-    ya = yb = yc = yd = y0
+    xa = xb = xc = xd = xmin = xmax = x0
+    ya = yb = yc = yd = ymin = ymax = y0
     s = np.uint64(seed)
     for i in range(0, n_points, 4):
         s = _step(s)
@@ -96,32 +122,24 @@ def chaos_game(params, thresholds, n_points, seed, xs, ys):
         xd, yd = _apply(params, _pick(r & _LO32, thresholds, last), xd, yd)
         xs[i] = xa
         ys[i] = ya
-        if i + 1 < n_points:
-            xs[i + 1] = xb
-            ys[i + 1] = yb
-        if i + 2 < n_points:
-            xs[i + 2] = xc
-            ys[i + 2] = yc
-        if i + 3 < n_points:
-            xs[i + 3] = xd
-            ys[i + 3] = yd
-
-
-@njit(cache=True)
-def bounds(xs, ys):
-    """(ok, xmin, xmax, ymin, ymax) in one pass; ok is False for exploding or non-finite points
-    (a divergent chain reaches inf before NaN, and inf shows in the extremes)."""
-    xmin = ymin = np.inf
-    xmax = ymax = -np.inf
-    for i in range(xs.shape[0]):
-        x = xs[i]
-        y = ys[i]
-        xmin = x if x < xmin else xmin
-        xmax = x if x > xmax else xmax
-        ymin = y if y < ymin else ymin
-        ymax = y if y > ymax else ymax
-    ok = max(abs(xmin), abs(xmax), abs(ymin), abs(ymax)) < 1e30
+        xs[i + 1] = xb
+        ys[i + 1] = yb
+        xs[i + 2] = xc
+        ys[i + 2] = yc
+        xs[i + 3] = xd
+        ys[i + 3] = yd
+        xmin = min(xmin, min(min(xa, xb), min(xc, xd)))
+        xmax = max(xmax, max(max(xa, xb), max(xc, xd)))
+        ymin = min(ymin, min(min(ya, yb), min(yc, yd)))
+        ymax = max(ymax, max(max(ya, yb), max(yc, yd)))
+    # a divergent chain reaches inf (then NaN); inf shows in the extremes, NaN in the sums
+    ok = max(abs(xmin), abs(xmax), abs(ymin), abs(ymax)) < 1e30 and np.isfinite(xmin + xmax + ymin + ymax)
     return ok, xmin, xmax, ymin, ymax
+
+
+def padded_points(n_points):
+    """The number of points chaos_game writes for n_points (a multiple of its 4 chains)."""
+    return (n_points + 3) // 4 * 4
 
 
 @njit(cache=True)
@@ -129,32 +147,38 @@ def splat(xs, ys, x0, x1, y0, y1, flip_x, flip_y, transpose, hist):
     """Count points per pixel into the interior of a 1-pixel-padded hist (H + 2, W + 2).
 
     The window [x0, x1] x [y0, y1] maps its edges to the centres of the first and last pixels, so a
-    bounding-box window fills the canvas; points outside it are dropped. Flips and the transpose are
-    applied here, on pixel coordinates, so they cost nothing extra.
+    bounding-box window fills the canvas; points outside it are dropped. Flips and the transpose
+    are folded into one affine map per axis. Two passes (index, then count) run ~1.5x faster than one.
     """
     h = hist.shape[0] - 2
     w = hist.shape[1] - 2
     if transpose:
+        xs, ys = ys, xs
         x0, x1, y0, y1 = y0, y1, x0, x1
-    sx = (w - 1) / max(x1 - x0, 1e-300)
-    sy = (h - 1) / max(y1 - y0, 1e-300)
-    flat = hist.ravel()
+    ax = (w - 1) / max(x1 - x0, 1e-300)
+    ay = (h - 1) / max(y1 - y0, 1e-300)
+    bx = 0.5 - x0 * ax
+    by = 0.5 - y0 * ay
+    if flip_x:  # pixel w - 1 - px
+        ax, bx = -ax, w - bx
+    if flip_y:
+        ay, by = -ay, h - by
     stride = w + 2
-    for i in range(xs.shape[0]):
-        if transpose:
-            fx = (ys[i] - x0) * sx + 0.5
-            fy = (xs[i] - y0) * sy + 0.5
-        else:
-            fx = (xs[i] - x0) * sx + 0.5
-            fy = (ys[i] - y0) * sy + 0.5
-        if fx >= 0.0 and fx < w and fy >= 0.0 and fy < h:
-            px = int(fx)
-            py = int(fy)
-            if flip_x:
-                px = w - 1 - px
-            if flip_y:
-                py = h - 1 - py
-            flat[(py + 1) * stride + px + 1] += 1
+    n = xs.shape[0]
+    # pass 1 (vectorises): flat pixel index per point; points outside the window go to padding pixel 0
+    idx = np.empty(n, np.int32)
+    for i in range(n):
+        fx = xs[i] * ax + bx
+        fy = ys[i] * ay + by
+        inside = (fx >= 0.0) & (fx < w) & (fy >= 0.0) & (fy < h)
+        fx = min(max(fx, 0.0), w - 1.0)
+        fy = min(max(fy, 0.0), h - 1.0)
+        idx[i] = ((np.int32(fy) + 1) * stride + np.int32(fx) + 1) * inside
+    # pass 2: plain increments
+    flat = hist.ravel()
+    for i in range(n):
+        flat[idx[i]] += 1
+    flat[0] = 0
 
 
 @njit(cache=True)
@@ -191,10 +215,10 @@ def render_counts(params, thresholds, n_points, seed, h, w, window_x, window_y, 
     (> 1 shows the fractal smaller) and shifted by (shift_x, shift_y) box widths. ok is False for a
     divergent system (nothing is drawn).
     """
-    xs = np.empty(n_points)
-    ys = np.empty(n_points)
-    chaos_game(params, thresholds, n_points, seed, xs, ys)
-    ok, xmin, xmax, ymin, ymax = bounds(xs, ys)
+    n = (n_points + 3) // 4 * 4
+    xs = np.empty(n)
+    ys = np.empty(n)
+    ok, xmin, xmax, ymin, ymax = chaos_game(params, thresholds, n, seed, xs, ys)
     if not ok:
         return False, np.zeros((h, w), np.int32)
     hx = 0.5 * (xmax - xmin) * window_x

@@ -60,12 +60,15 @@ def system():
 
 
 def test_chaos_game_matches_reference(system):
-    n = 1001  # not a multiple of the 4 chains
+    n = kernels.padded_points(1001)  # rounded up to the 4 chains
+    assert n == 1004
     xs, ys = np.empty(n), np.empty(n)
-    kernels.chaos_game(system, thresholds(system), n, 99, xs, ys)
+    ok, *box = kernels.chaos_game(system, thresholds(system), n, 99, xs, ys)
     rx, ry = ref_chaos(system, n, 99)
     np.testing.assert_allclose(xs, rx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ys, ry, rtol=1e-12, atol=1e-12)
+    fx, fy = kernels.fixed_point(system, 0)  # the chains' start counts towards the box
+    assert ok and box == [min(rx.min(), fx), max(rx.max(), fx), min(ry.min(), fy), max(ry.max(), fy)]
 
 
 def test_map_frequencies_follow_determinants(system):
@@ -82,10 +85,7 @@ def test_map_frequencies_follow_determinants(system):
     np.testing.assert_allclose(counts / counts.sum(), det / det.sum(), atol=0.01)
 
 
-def test_bounds_and_divergence():
-    xs, ys = np.array([0.0, 2.0, -1.0]), np.array([5.0, -3.0, 1.0])
-    assert kernels.bounds(xs, ys) == (True, -1.0, 2.0, -3.0, 5.0)
-    assert not kernels.bounds(np.array([0.0, np.inf, np.nan]), np.zeros(3))[0]
+def test_divergent_system_is_rejected():
     expanding = np.array([[2.0, 0, 0, 2.0, 1.0, 1.0], [2.1, 0, 0, 1.9, -1.0, 0.5]])
     ok, _ = kernels.render_counts(expanding, thresholds(expanding), 5000, 3, 32, 32, 1.0, 1.0, 0.0, 0.0,
                                   False, False, False, np.ones((3, 3), np.uint8))
