@@ -21,10 +21,10 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+import tarfile
 import time
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -60,6 +60,23 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
     else:
         pil.save(buf, "JPEG", quality=95)
     return buf.getvalue()
+
+
+def sample_fields(sample, fmt: str) -> dict:
+    """The webdataset fields of one sample (extension -> bytes)."""
+    return {fmt: encode(sample.image, fmt), "cls": str(sample.cls).encode(),
+            "json": json.dumps(sample.meta, sort_keys=True).encode()}
+
+
+def add_sample(tar: tarfile.TarFile, key: str, fields: dict) -> None:
+    """Append one sample as webdataset members `key.ext`, with fixed metadata so shards are
+    byte-identical across runs. (Plain tarfile: webdataset's TarWriter would import torch.)"""
+    for ext in sorted(fields):
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(fields[ext])
+        info.mtime = 0
+        info.mode = 0o444
+        tar.addfile(info, io.BytesIO(fields[ext]))
 
 
 def job_description(spec: DatasetSpec, image_format: str, shard_size: int) -> dict:
@@ -181,14 +198,10 @@ def _write_shard(task) -> int:
     tmp = f"{final}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            writer = wds.TarWriter(f, user="", group="", mtime=0, encoder=False)
-            try:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for index in range(first, first + count):
                     s = render_sample(spec, index)
-                    writer.write({"__key__": s.key, fmt: encode(s.image, fmt), "cls": str(s.cls).encode(),
-                                  "json": json.dumps(s.meta, sort_keys=True).encode()})
-            finally:
-                writer.close()
+                    add_sample(tar, s.key, sample_fields(s, fmt))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
@@ -237,18 +250,16 @@ def _finish(out_dir, kind, job, ranges) -> dict | None:
 def rate_split(spec: DatasetSpec, count: int, image_format: str) -> dict:
     """Seconds per image spent rendering, encoding and writing (for the benchmark's breakdown)."""
     t = {"render": 0.0, "encode": 0.0, "write": 0.0}
-    buf = io.BytesIO()
-    writer = wds.TarWriter(buf, user="", group="", mtime=0, encoder=False)
-    for index in range(count):
-        t0 = time.perf_counter()
-        s = render_sample(spec, index)
-        t1 = time.perf_counter()
-        data = encode(s.image, image_format)
-        t2 = time.perf_counter()
-        writer.write({"__key__": s.key, image_format: data, "cls": str(s.cls).encode(),
-                      "json": json.dumps(s.meta, sort_keys=True).encode()})
-        t3 = time.perf_counter()
-        t["render"] += t1 - t0
-        t["encode"] += t2 - t1
-        t["write"] += t3 - t2
+    with tarfile.open(fileobj=io.BytesIO(), mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for index in range(count):
+            t0 = time.perf_counter()
+            s = render_sample(spec, index)
+            t1 = time.perf_counter()
+            fields = sample_fields(s, image_format)
+            t2 = time.perf_counter()
+            add_sample(tar, s.key, fields)
+            t3 = time.perf_counter()
+            t["render"] += t1 - t0
+            t["encode"] += t2 - t1
+            t["write"] += t3 - t2
     return {k: v / count for k, v in t.items()}
