@@ -49,9 +49,10 @@ class Sample:
 class DatasetSpec:
     """Resolved options (a JSON-able dict) plus the class systems they refer to."""
 
-    def __init__(self, options: dict, systems: list):
+    def __init__(self, options: dict, systems: list, systems_info: dict | None = None):
         self.options = options
         self.systems = systems
+        self.systems_info = systems_info or {"kind": options["kind"], "classes": len(systems)}
         self._thresholds = [thresholds(s) for s in systems]
 
     kind = property(lambda self: self.options["kind"])
@@ -63,7 +64,8 @@ class DatasetSpec:
     channels = property(lambda self: 3 if self.kind != "fractaldb" or self.options["color"] else 1)
 
     @classmethod
-    def create(cls, kind: str, n: int, classes: int, systems: list | None = None, **overrides) -> "DatasetSpec":
+    def create(cls, kind: str, n: int, classes: int, systems: list | None = None, systems_info: dict | None = None,
+               **overrides) -> "DatasetSpec":
         """Resolve defaults, validate, and derive the class systems.
 
         single/multi systems come from (seed, class); fractaldb needs `systems` (from
@@ -79,13 +81,14 @@ class DatasetSpec:
             systems = [np.asarray(s, np.float64) for s in systems[:classes]]
         else:
             systems = [sigma_class_system(options["seed"], c) for c in range(classes)]
-        return cls(options, systems)
+            systems_info = {"sampling": "sigma-factor SVD (Anderson & Farrell), 2-4 maps, from (seed, class)"}
+        return cls(options, systems, {**(systems_info or {}), "kind": kind, "classes": classes})
 
     @classmethod
     def from_card(cls, card: dict, root: str) -> "DatasetSpec":
         """The spec a dataset folder was rendered with (systems from its systems.json)."""
-        systems, _ = load_systems(os.path.join(root, card.get("systems", "systems.json")))
-        return cls(copy.deepcopy(card["options"]), systems)
+        systems, info = load_systems(os.path.join(root, card.get("systems", "systems.json")))
+        return cls(copy.deepcopy(card["options"]), systems, info)
 
 
 def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:

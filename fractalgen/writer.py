@@ -111,7 +111,7 @@ def render_dataset(spec: DatasetSpec, out_dir: str, shard_size: int = 1000, work
         _claim_folder(out_dir, job, overwrite)
         systems_path = os.path.join(out_dir, "systems.json")
         if not os.path.exists(systems_path):
-            save_systems(systems_path, spec.systems, {"kind": spec.kind, "classes": spec.num_classes})
+            save_systems(systems_path, spec.systems, spec.systems_info)
         ranges = shard_ranges(spec.n, shard_size)
         mine = [s for s in range(len(ranges)) if s % part[1] == part[0]]
         todo = [s for s in mine if not _shard_done(out_dir, spec.kind, s)]
