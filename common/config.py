@@ -1,0 +1,84 @@
+"""Configs are data: YAML files with `base:` inheritance, overridden by `key=value` arguments.
+
+The resolved config is written into every run folder (config.yaml) so any result can be re-made.
+"""
+
+import copy
+import difflib
+import os
+
+import yaml
+
+from .errors import UserError
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read(path: str, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise UserError(f"config {path} inherits from itself (base: chain {' -> '.join(seen)})")
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    bases = cfg.pop("base", None) or []
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, _read(os.path.join(os.path.dirname(path), base), seen + (path,)))
+    return _merge(merged, cfg)
+
+
+def _keys(cfg: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in cfg.items():
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out += _keys(value, prefix + key + ".")
+    return out
+
+
+def apply_override(cfg: dict, text: str) -> None:
+    """Apply one `a.b=value` (value parsed as YAML) to cfg; the key must already exist."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {text!r} must look like key=value")
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            close = difflib.get_close_matches(key, _keys(cfg), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"config has no key {key!r}{hint}")
+        if i < len(parts) - 1:
+            node = node[part]
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def load_config(path: str, overrides: list[str] = ()) -> dict:
+    cfg = _read(path)
+    for text in overrides:
+        apply_override(cfg, text)
+    return cfg
+
+
+def save_config(cfg: dict, run_dir: str) -> str:
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "config.yaml")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
