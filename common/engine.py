@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 
@@ -89,12 +90,18 @@ class Progress:
 
 class Trainer:
     def __init__(self, cfg: dict, model, accelerator: Accelerator, run_dir: str, *, num_classes: int,
-                 multilabel: bool, steps_per_epoch: int, epochs: int, global_batch: int, param_groups=None):
+                 multilabel: bool, steps_per_epoch: int, epochs: int, global_batch: int, param_groups=None,
+                 train_mode=None, train_metrics: bool = False):
+        """param_groups: what the optimiser updates (default: every parameter). train_mode(model):
+        how to put the model in training mode (a linear probe keeps its backbone in eval mode).
+        train_metrics: also report loss/accuracy/F1 of the training predictions each epoch."""
         self.cfg, self.acc, self.run_dir = cfg, accelerator, run_dir
         self.multilabel, self.num_classes = multilabel, num_classes
         self.steps_per_epoch, self.epochs = steps_per_epoch, epochs
         self.total_steps = steps_per_epoch * epochs
         self.global_batch = global_batch
+        self.train_mode = train_mode or (lambda m: m.train())
+        self.train_metrics = train_metrics
         opt_cfg, aug = cfg["optim"], cfg.get("aug", {})
         if cfg.get("channels_last"):
             model = model.to(memory_format=torch.channels_last)
@@ -174,7 +181,22 @@ class Trainer:
 
     # --- the loop
 
-    def train_step(self, images, targets) -> float:
+    def _train_metrics(self, logits: list, targets: list) -> dict:
+        """Loss and metrics of this epoch's training predictions (on augmented images), all ranks."""
+        from . import metrics
+
+        logits = self.acc.gather(torch.cat(logits)).cpu()
+        targets = self.acc.gather(torch.cat(targets)).cpu()
+        if self.multilabel:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+        result = metrics.compute(logits.numpy(), targets.numpy(), self.num_classes, self.multilabel)
+        result.pop("confusion", None)
+        return {"train_loss": float(loss), **{f"train_{k}": v for k, v in result.items()}}
+
+    def train_step(self, images, targets):
+        """One forward/backward/update; returns (loss, logits)."""
         if self.mixup is not None and images.shape[0] % 2 == 0:
             images, targets = self.mixup(images, targets)
         elif self.multilabel or self.mixup is not None:
@@ -184,7 +206,8 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.acc.accumulate(self.model):
             with self.acc.autocast():
-                loss = self.loss_fn(self.model(images), targets)
+                logits = self.model(images)
+                loss = self.loss_fn(logits, targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(float(loss))
             self.acc.backward(loss)
@@ -192,7 +215,7 @@ class Trainer:
                 self.acc.clip_grad_norm_(self.model.parameters(), float(self.clip))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(loss.detach()), logits.detach()
 
     def fit(self, batches_for_epoch, evaluate=None, eval_every_epochs: int = 1, checkpoint_every: int = 0,
             on_epoch_end=None, key_log: str | None = None) -> None:
@@ -201,18 +224,22 @@ class Trainer:
         per-rank file that records the keys of every sample trained on."""
         p = self.progress
         bar = tqdm(total=self.total_steps, initial=p.step, disable=not self.acc.is_main_process, unit="step",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)  # quiet in logs
         seen_t, seen_n = time.time(), 0
         loss_avg = None
         try:
             while p.epoch < self.epochs:
-                self.model.train()
+                self.train_mode(self.model)
+                seen_logits, seen_targets = [], []
                 for images, targets, keys in batches_for_epoch(p.epoch, p.step_in_epoch):
                     if key_log:
                         with open(key_log, "a") as f:
                             f.write("".join(f"{p.step} {k}\n" for k in keys))
                     try:
-                        loss = self.train_step(images, targets)
+                        loss, logits = self.train_step(images, targets)
+                        if self.train_metrics:
+                            seen_logits.append(logits.float())
+                            seen_targets.append(targets)
                     except FloatingPointError as e:
                         raise UserError(f"loss became {e} at update {p.step} (epoch {p.epoch}); lower optim.lr or "
                                         f"enable optim.clip_grad; the last good checkpoint is kept in {self.ckpt_dir}") from None
@@ -234,6 +261,8 @@ class Trainer:
                 p.epoch += 1
                 p.step_in_epoch = 0
                 record = {"step": p.step, "epoch": p.epoch, "train_loss_avg": loss_avg}
+                if self.train_metrics and seen_logits:
+                    record.update(self._train_metrics(seen_logits, seen_targets))
                 if evaluate is not None and (p.epoch % eval_every_epochs == 0 or p.epoch == self.epochs):
                     record.update(evaluate(self.model))
                 if on_epoch_end is not None:

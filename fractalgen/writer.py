@@ -118,7 +118,7 @@ def render_dataset(spec: DatasetSpec, out_dir: str, shard_size: int = 1000, work
         done_samples = sum(ranges[s][1] for s in mine) - sum(ranges[s][1] for s in todo)
         bar = tqdm(total=sum(ranges[s][1] for s in mine), initial=done_samples, unit="img", disable=not progress,
                    desc=f"render {spec.kind}" + (f" part {part[0]}/{part[1]}" if part[1] > 1 else ""),
-                   file=sys.stderr, smoothing=0.1)
+                   file=sys.stderr, smoothing=0.1, mininterval=0.5 if sys.stderr.isatty() else 30)
         tasks = [(s, *ranges[s]) for s in todo]
         with bar:
             for count in _run(spec, out_dir, image_format, tasks, workers):
