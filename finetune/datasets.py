@@ -79,11 +79,9 @@ def _cifar_images(batch: dict, path: str) -> np.ndarray:
 
 
 def _find(root: str, name: str) -> str:
-    """root itself or root/name, whichever holds the dataset."""
-    for candidate in (root, os.path.join(root, name)):
-        if os.path.isdir(candidate) and os.listdir(candidate):
-            return candidate
-    return root
+    """root/name when it exists (the official archive's folder), else root itself."""
+    inner = os.path.join(root, name)
+    return inner if os.path.isdir(inner) else root
 
 
 def load_cifar10(root: str) -> Split:

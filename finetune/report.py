@@ -1,0 +1,164 @@
+"""Compare runs: a markdown table (rows: model x pretraining source; columns: dataset x metric, mean ±
+std over seeds), a grouped bar chart and accuracy-vs-epoch curves.
+
+    python -m finetune.report RUN_DIR... --out report/
+
+Last-epoch figures are the result; best-epoch accuracy (chosen on the validation split) is an extra.
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from common.errors import UserError, run_main
+
+
+def source_name(final: dict) -> str:
+    src = final.get("pretrain_source")
+    if not src or final.get("init") in (None, "scratch"):
+        return "scratch"
+    return src.get("kind") or os.path.basename(str(final.get("init")))
+
+
+def dataset_name(final: dict) -> str:
+    name = final["dataset"]
+    return f"{name} ({final['train_images']} img)" if final.get("train_images") else name
+
+
+def load_runs(paths: list) -> list:
+    runs = []
+    for path in paths:
+        final_path = os.path.join(path, "final.json")
+        if not os.path.exists(final_path):
+            raise UserError(f"{path} has no final.json (not a finished finetune run)")
+        with open(final_path) as f:
+            final = json.load(f)
+        history = []
+        metrics = os.path.join(path, "metrics.jsonl")
+        if os.path.exists(metrics):
+            with open(metrics) as f:
+                history = [r for r in map(json.loads, f) if "val_acc" in r or "val_map" in r]
+        runs.append({"path": path, "final": final, "history": history,
+                     "row": f"{final['model']} | {source_name(final)}", "col": dataset_name(final)})
+    if not runs:
+        raise UserError("no runs given")
+    return runs
+
+
+def metric_values(run: dict) -> dict:
+    final = run["final"]
+    if final["mode"] == "few_shot":
+        return {k: v for k, v in final["few_shot"].items() if not k.endswith("_std")}
+    last, best = final["last_epoch"], final["best_epoch"]
+    out = {"acc": last.get("val_acc"), "macro_f1": last.get("val_macro_f1")}
+    if "val_map" in last:
+        out["mAP"] = last["val_map"]
+    out["best acc (extra)"] = best.get("val_acc")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def fmt(values: list) -> str:
+    v = 100 * np.array(values)
+    return f"{v.mean():.1f} ± {v.std():.1f} (n={len(v)})" if len(v) > 1 else f"{v[0]:.1f}"
+
+
+def build(runs: list, out: str) -> str:
+    os.makedirs(out, exist_ok=True)
+    cells = defaultdict(list)  # (row, col, metric) -> values over seeds
+    for run in runs:
+        for metric, value in metric_values(run).items():
+            cells[(run["row"], run["col"], metric)].append(value)
+    rows = sorted({r for r, _, _ in cells}, key=lambda r: (r.split(" | ")[0], r.split(" | ")[1] != "scratch", r))
+    cols = sorted({(c, m) for _, c, m in cells}, key=lambda cm: (cm[0], cm[1] == "best acc (extra)", cm[1]))
+    lines = ["| model | pretraining | " + " | ".join(f"{c}: {m}" for c, m in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for row in rows:
+        model, source = row.split(" | ")
+        lines.append(f"| {model} | {source} | " + " | ".join(fmt(cells[(row, c, m)]) if cells.get((row, c, m)) else "–"
+                                                           for c, m in cols) + " |")
+    table = "\n".join(lines)
+    _bar_chart(cells, rows, sorted({c for c, _ in cols}), os.path.join(out, "bars.png"))
+    _curves(runs, os.path.join(out, "curves.png"))
+    text = ("# Fine-tuning report\n\nTop-1 accuracy / macro-F1 in %, last epoch, mean ± std over seeds "
+            "(best epoch, chosen on the validation split, only as a labelled extra).\n\n" + table +
+            "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy per epoch](curves.png)\n\n"
+            f"Runs: {len(runs)}\n")
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "runs.json"), "w") as f:
+        json.dump([{"path": r["path"], "row": r["row"], "col": r["col"], **metric_values(r)} for r in runs], f, indent=1)
+    return table
+
+
+def _bar_chart(cells, rows, datasets, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "acc" if any(m == "acc" for _, _, m in cells) else sorted({m for _, _, m in cells})[0]
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(datasets) * max(1, len(rows)) / 3), 4))
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        means = [100 * np.mean(cells.get((row, d, metric)) or [np.nan]) for d in datasets]
+        stds = [100 * np.std(cells.get((row, d, metric)) or [0]) for d in datasets]
+        ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=stds, capsize=3, label=row.replace(" | ", ": "))
+    ax.set_xticks(np.arange(len(datasets)) + width * (len(rows) - 1) / 2, datasets)
+    ax.set_ylabel(f"{metric} (%), last epoch")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _curves(runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for r in runs:
+        if r["history"]:
+            groups[(r["col"], r["row"])].append([h.get("val_acc", h.get("val_map")) for h in r["history"]])
+    datasets = sorted({c for c, _ in groups})
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5.5 * max(1, len(datasets)), 3.8), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for (col, row), curves in sorted(groups.items()):
+            if col != d:
+                continue
+            n = min(len(c) for c in curves)
+            mean = 100 * np.mean([c[:n] for c in curves], 0)
+            ax.plot(range(1, n + 1), mean, "-o", ms=3, label=row.replace(" | ", ": "))
+        ax.set_title(d)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("val accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run folders (or parent folders: every sub-folder with final.json)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    paths = []
+    for p in args.runs:
+        paths += [p] if os.path.exists(os.path.join(p, "final.json")) else sorted(
+            os.path.dirname(f) for f in glob.glob(os.path.join(p, "**", "final.json"), recursive=True))
+    table = build(load_runs(paths), args.out)
+    print(table)
+    print(f"\nreport: {os.path.join(args.out, 'report.md')} (bars.png, curves.png)")
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])
