@@ -235,6 +235,7 @@ class Trainer:
                     if key_log:
                         with open(key_log, "a") as f:
                             f.write("".join(f"{p.step} {k}\n" for k in keys))
+                    step_seed(int(self.cfg["seed"]), p.step, self.acc.process_index)
                     try:
                         loss, logits = self.train_step(images, targets)
                         if self.train_metrics:
@@ -278,6 +279,19 @@ class Trainer:
 
 def seed_everything(seed: int, accelerator: Accelerator) -> None:
     set_seed(seed + accelerator.process_index)
+
+
+def step_seed(*keys: int) -> None:
+    """Seed Python, NumPy and torch from a position (seed, update, rank, ...): randomness that is a
+    function of where the run is, so a resumed run draws exactly what the uninterrupted one drew."""
+    import random
+
+    import numpy as np
+
+    seed = int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def predict(model, dataset, accelerator: Accelerator, batch: int, workers: int = 0):

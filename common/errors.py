@@ -1,10 +1,14 @@
-"""User-facing errors shared by the trainers: one clear line, exit status 2, no traceback."""
+"""User-facing errors shared by every stage: one clear line, exit status 2, no traceback.
+
+UserError is fractalgen's own class (trainers import fractalgen, never the reverse), so a mistake
+reported by the renderer inside a trainer is handled the same way.
+"""
 
 import sys
 
+from fractalgen.errors import UserError
 
-class UserError(Exception):
-    """A mistake the user can fix (bad config key, missing data, wrong weights file...)."""
+__all__ = ["UserError", "run_main"]
 
 
 def run_main(fn, *args, **kwargs):

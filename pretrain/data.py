@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import fractalgen
+from common.engine import step_seed
 from common.errors import UserError
 
 
@@ -72,6 +73,7 @@ class RenderedBatches(IterableDataset):
             if s % nw != wid:  # the DataLoader returns worker batches round-robin, so order is kept
                 continue
             first = (s * self.world + self.rank) * self.batch
+            step_seed(self.seed, self.epoch, s, self.rank)  # augmentation draws keyed by position (exact resume)
             samples = []
             for pos in range(first, first + self.batch):
                 sample = fractalgen.render_sample(self.spec, int(order[pos % len(order)]))
