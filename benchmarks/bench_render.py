@@ -78,7 +78,7 @@ def main():
         print(f"render_sample {name} (with background, blur), 1 core: {sample_rate(spec, 300):,.0f} img/s")
         split = rate_split(spec, 200, "png")
         total = sum(split.values())
-        print(f"  split per image: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({v / total:.0%})" for k, v in split.items()))
+        print("  split per image: " + ", ".join(f"{k} {v * 1e3:.2f} ms ({v / total:.0%})" for k, v in split.items()))
 
     shard = max(1, args.n // 16)
     one = end_to_end(single, 1, shard)

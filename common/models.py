@@ -109,6 +109,7 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, init:
 
 def export_model(model: torch.nn.Module, run_dir: str, sidecar: dict) -> str:
     """Write run_dir/model.safetensors and its model.json sidecar, each atomically."""
+    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "model.safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, path + ".tmp", metadata={"format": "pt"})

@@ -7,7 +7,6 @@ attention distance per layer and head on sample images, and the first principal 
 patch-embedding filters. CNNs: the first-layer filters.
 """
 
-import argparse
 import os
 import sys
 
@@ -18,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.errors import UserError, run_main  # noqa: E402
+from common.errors import ArgumentParser, UserError, run_main  # noqa: E402
 from common.models import create_model, read_sidecar  # noqa: E402
 
 
@@ -120,7 +119,7 @@ def sample_images(path: str | None, model, size: int, mean, std, n: int = 16) ->
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True, help="model.safetensors with its model.json sidecar")
     ap.add_argument("--images", help="image folder or CIFAR-10 folder for attention distances")
     ap.add_argument("--out", required=True)

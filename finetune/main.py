@@ -10,7 +10,6 @@ config.yaml, metrics.jsonl, curves.png, confusion.png/.csv, final.json (last and
 labelled) and model.safetensors.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import torch
 
 from common.config import load_config, save_config
 from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
-from common.errors import UserError, run_main
+from common.errors import ArgumentParser, UserError, run_main
 from common.models import count_parameters, create_model, export_model, read_sidecar
 from common.plots import confusion, curves
 from finetune import augment, datasets
@@ -30,7 +29,7 @@ MODES = ("finetune", "linear_probe", "few_shot")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--init", default="scratch", help="scratch, a pretrain model.safetensors, or timm weights")
     ap.add_argument("--data", help="dataset folder (sets data.path)")
@@ -115,8 +114,7 @@ def main(argv=None) -> None:
             print(json.dumps(result))
         return
 
-    train_mode = None
-    param_groups = None
+    train_mode = param_groups = None  # full fine-tuning: every parameter, plain train mode
     if cfg["mode"] == "linear_probe":
         head = model.get_classifier()
         for p in model.parameters():
@@ -125,9 +123,11 @@ def main(argv=None) -> None:
             p.requires_grad_(True)
         param_groups = [{"params": [p for p in head.parameters()]}]
 
-        def train_mode(m):  # backbone frozen in eval mode (no BN statistics, no dropout); head trains
+        def probe_mode(m):  # backbone frozen in eval mode (no BN statistics, no dropout); head trains
             m.eval()
             acc.unwrap_model(m).get_classifier().train()
+
+        train_mode = probe_mode
 
     total, trainable = count_parameters(model)
     acc.print(f"{cfg['model']} ({cfg['mode']}, init {cfg['init']}): {total:,} parameters, {trainable:,} trainable; "

@@ -6,7 +6,6 @@ std over seeds), a grouped bar chart and accuracy-vs-epoch curves.
 Last-epoch figures are the result; best-epoch accuracy (chosen on the validation split) is an extra.
 """
 
-import argparse
 import glob
 import json
 import os
@@ -15,7 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from common.errors import UserError, run_main
+from common.errors import ArgumentParser, UserError, run_main
 
 
 def source_name(final: dict) -> str:
@@ -147,7 +146,7 @@ def _curves(runs, path):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run folders (or parent folders: every sub-folder with final.json)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)

@@ -8,7 +8,6 @@ DIR/commands.sh, so any step can be re-run by hand); the study only chains them.
 is complete is skipped, so re-running the same command resumes where it stopped.
 """
 
-import argparse
 import copy
 import os
 import shlex
@@ -18,7 +17,7 @@ import time
 
 import yaml
 
-from common.errors import UserError, run_main
+from common.errors import ArgumentParser, UserError, run_main
 
 
 def load_study(path: str, quick: bool) -> dict:
@@ -132,7 +131,7 @@ def _bin(name: str) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Fractal pretraining transfer study (render -> pretrain -> fine-tune -> report)")
+    ap = ArgumentParser(description="Fractal pretraining transfer study (render -> pretrain -> fine-tune -> report)")
     ap.add_argument("--config", required=True)
     ap.add_argument("--data", required=True, help="the fine-tuning dataset (e.g. a cifar-10-batches-py folder)")
     ap.add_argument("--out", required=True)

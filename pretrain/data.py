@@ -9,7 +9,6 @@ indices are dealt out the same way from one seeded permutation per epoch. Every 
 steps_per_epoch batches, so DDP never waits on a rank that ran dry.
 """
 
-import io
 import os
 import random
 

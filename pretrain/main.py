@@ -7,20 +7,19 @@ The run folder gets the resolved config.yaml, metrics.jsonl, TensorBoard logs, c
 the end, model.safetensors + model.json (the hand-off to finetune/).
 """
 
-import argparse
 import json
 import os
 import sys
 
 from common.config import load_config, save_config
 from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
-from common.errors import UserError, run_main
+from common.errors import ArgumentParser, UserError, run_main
 from common.models import count_parameters, create_model, export_model
 from common.transforms import make_transforms
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", help="run folder (default runs/pretrain/<config name>)")
     ap.add_argument("--data", help="fractal dataset folder or ImageNet folder/shards (sets data.path)")
