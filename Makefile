@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/demo
+CIFAR ?=
 
 .PHONY: setup demo test bench clean
 
@@ -16,10 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The whole pipeline at a tiny scale, every step an ordinary command (see runs/demo/*):
+# render + preview, pretrain a tiny model, fine-tune it and a from-scratch twin on real images
+# (scikit-learn's bundled handwritten digits; pass CIFAR=path/to/cifar10 for CIFAR-10), report.
 demo: setup
-	$(VENV)/bin/fractalgen render --kind multi --n 512 --classes 16 --size 64 --shard-size 128 --out $(OUT)/data
-	$(VENV)/bin/fractalgen preview --from $(OUT)/data --n 32 --out $(OUT)/preview.png
-	@echo "dataset: $(OUT)/data   preview: $(OUT)/preview.png"
+	$(PY) -m finetune.demo --out $(OUT) $(if $(CIFAR),--cifar $(CIFAR),)
 
 test: setup
 	$(PY) -m pytest -q
