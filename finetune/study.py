@@ -42,10 +42,13 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _yaml_value(value) -> str:
+    """A value in YAML flow style (one line), so lists, numbers and booleans survive the round trip."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def _overrides(values: dict) -> list[str]:
-    """key=value arguments, values in YAML flow style so lists and numbers survive the round trip."""
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for k, v in (values or {}).items()]
+    return [f"{k}={_yaml_value(v)}" for k, v in (values or {}).items()]
 
 
 class Study:
@@ -80,7 +83,7 @@ class Study:
                 if key in opts:
                     cmd += [f"--{key.replace('_', '-')}", str(opts[key])]
             for key, value in (opts.get("options") or {}).items():
-                cmd += ["--option", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+                cmd += ["--option", f"{key}={_yaml_value(value)}"]
             self.run([_bin("fractalgen"), *cmd[1:]], os.path.join(folder, "dataset.json"))
             folders[kind] = folder
         return folders
@@ -97,12 +100,13 @@ class Study:
         return checkpoints
 
     def finetune(self, checkpoints: dict) -> list[str]:
+        """Every regime, model, source (scratch first) and seed; regimes in config order, so a stopped
+        study already holds complete tables for the first regimes."""
         cfg = self.study["finetune"]
         runs = []
-        for job in self.study["pretrain"]:
-            sources = ["scratch", *job["kinds"]]
-            for regime, regime_over in cfg["regimes"].items():
-                for source in sources:
+        for regime, regime_over in cfg["regimes"].items():
+            for job in self.study["pretrain"]:
+                for source in ["scratch", *job["kinds"]]:
                     for seed in cfg["seeds"]:
                         run_dir = os.path.join(self.out, "finetune", regime, f"{job['name']}-{source}-s{seed}")
                         init = "scratch" if source == "scratch" else checkpoints[(job["name"], source)]

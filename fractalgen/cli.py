@@ -83,16 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args) -> DatasetSpec:
     classes = args.classes if args.classes is not None else min(1000, args.n)
-    overrides = dict(size=args.size, points=args.points, seed=args.seed, color=args.color, **dict(args.option))
+    overrides = dict(args.option)  # --option key=value first; the named flags win when given
+    for key in ("size", "points", "seed", "color"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     systems = info = None
     if args.kind == "fractaldb":
         if args.systems:
             systems, info = load_systems(args.systems)
         elif classes > 0 and args.n > 0:
-            systems, info = search(classes, seed=args.seed or 0, workers=args.workers)
+            systems, info = search(classes, seed=overrides.get("seed", 0), workers=args.workers)
     elif args.systems:
         raise UserError("--systems applies to --kind fractaldb only (single/multi systems come from the seed)")
-    elif args.color:
+    elif overrides.get("color"):
         raise UserError("--color applies to --kind fractaldb only (single/multi are always coloured)")
     return DatasetSpec.create(args.kind, args.n, classes, systems=systems, systems_info=info, **overrides)
 

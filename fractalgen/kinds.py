@@ -100,7 +100,7 @@ def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:
             continue
         if key not in options:
             raise UserError(f"option {key!r} does not apply to kind {kind}; valid: {', '.join(sorted(options))}")
-        options[key] = value
+        options[key] = _checked(key, value, options[key])
     if not isinstance(n, int) or n <= 0:
         raise UserError(f"--n must be a positive number of samples, got {n}")
     if not isinstance(classes, int) or classes <= 0:
@@ -112,6 +112,24 @@ def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:
     if options["points"] < 100:
         raise UserError(f"--points {options['points']} is too few to draw a fractal; use at least 100")
     return options
+
+
+def _checked(key: str, value, default):
+    """The value, if it has the default's type (ints pass for floats; lists keep their length)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = int(value) if ok and isinstance(default, int) and float(value).is_integer() else value
+        ok = ok and (isinstance(default, float) or isinstance(value, int))
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and len(value) == len(default) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    else:
+        ok = True
+    if not ok:
+        raise UserError(f"option {key}={value!r} should be like {default!r}")
+    return value
 
 
 def render_sample(spec: DatasetSpec, index: int) -> Sample:
