@@ -105,6 +105,8 @@ class Study:
         cfg = self.study["finetune"]
         runs = []
         for regime, regime_over in cfg["regimes"].items():
+            if regime_over is None:  # switched off (e.g. by the quick block)
+                continue
             for job in self.study["pretrain"]:
                 for source in ["scratch", *job["kinds"]]:
                     for seed in cfg["seeds"]:
