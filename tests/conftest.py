@@ -45,7 +45,7 @@ def write_cifar10(root, per_batch=6, seed=0):
     folder = os.path.join(root, "cifar-10-batches-py")
     os.makedirs(folder, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        labels = [i % 10 for i in range(per_batch)]  # balanced, like the real batches
         batch = {"batch_label": name, "labels": labels, "filenames": [f"{i}.png" for i in range(per_batch)],
                  "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)}
         with open(os.path.join(folder, name), "wb") as f:

@@ -1,0 +1,38 @@
+"""The study's --quick path end to end on fabricated CIFAR-10 (real format, random pixels)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_cifar10
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quick_study_chains_the_stages_and_resumes(tmp_path):
+    data = write_cifar10(str(tmp_path / "cifar"), per_batch=50)  # 25 training images per class
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "finetune.study", "--config", "configs/study/cifar10_cpu.yaml", "--data", data,
+           "--out", str(out), "--quick"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (out / "report" / "report.md").read_text()
+    for row in ("| vit_tiny_patch16_224 | scratch |", "| vit_tiny_patch16_224 | single |",
+                "| resnet10t | scratch |", "| resnet10t | multi |"):
+        assert row in report, report
+    assert "cifar10 (200 img): acc" in report and (out / "report" / "bars.png").exists()
+    runs = [out / "pretrain" / d for d in os.listdir(out / "pretrain")]
+    runs += [out / "finetune" / "low" / d for d in os.listdir(out / "finetune" / "low")]
+    assert len(runs) == 2 + 4
+    for run in runs:
+        for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json"):
+            assert (run / name).exists(), f"{run}/{name}"
+    for kind in ("fractaldb", "single", "multi"):
+        assert (out / "data" / kind / "dataset.json").exists()
+    commands = (out / "commands.sh").read_text().splitlines()
+    assert any("fractalgen render" in c for c in commands) and any("pretrain.main" in c for c in commands)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)  # resumes: nothing to redo
+    assert again.returncode == 0 and again.stdout.count("done already") == 3 + 2 + 4
