@@ -28,6 +28,8 @@ from .errors import UserError
 
 def make_accelerator(cfg: dict) -> Accelerator:
     precision = cfg.get("precision", "no")
+    if precision in (False, None):  # YAML reads a bare `no` (e.g. precision=no on the command line) as false
+        precision = "no"
     if precision not in ("no", "bf16", "fp16"):
         raise UserError(f"precision must be no, bf16 or fp16, got {precision!r}")
     cpu = cfg.get("device", "auto") == "cpu" or not torch.cuda.is_available()
@@ -175,7 +177,7 @@ class Trainer:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+            if isinstance(value, (int, float)) and key not in ("step", "epoch", "time"):
                 self.tb.add_scalar(key, value, record.get("step", self.progress.step))
         self.tb.flush()
 
@@ -254,7 +256,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
                     if p.step % int(self.cfg.get("log_every", 20)) == 0:
-                        self.log({"step": p.step, "epoch": p.epoch, "train_loss": loss, "lr": lr, "img_per_s": rate})
+                        self.log({"step": p.step, "epoch": p.epoch, "train_loss": loss, "lr": lr, "img_per_s": rate,
+                                  "time": round(time.time(), 3)})
                     if checkpoint_every and p.step % checkpoint_every == 0 and p.step_in_epoch < self.steps_per_epoch:
                         self.save_checkpoint()
                     if p.step_in_epoch >= self.steps_per_epoch:
