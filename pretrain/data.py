@@ -9,6 +9,7 @@ indices are dealt out the same way from one seeded permutation per epoch. Every 
 steps_per_epoch batches, so DDP never waits on a rank that ran dry.
 """
 
+import io
 import os
 import random
 
@@ -101,31 +102,59 @@ def _to_pil(image: np.ndarray) -> Image.Image:
 
 
 class FractalSource(Source):
-    def __init__(self, path: str, cfg: dict, transforms, batch: int, rank: int, world: int, on_the_fly: bool):
-        self.card = fractalgen.load_card(path) if os.path.isdir(path) else _fail_card(path)
-        self.root = path
-        self.spec = fractalgen.DatasetSpec.from_card(self.card, path)
-        self.num_classes, self.multilabel = self.card["num_classes"], self.card["multilabel"]
-        self.card_sha256 = self.card["card_sha256"]
+    """Fractal data: a fractalgen folder (shards, or its card's samples rendered on the fly) or a
+    spec given in the config (data.render, rendered on the fly, no folder at all)."""
+
+    def __init__(self, spec, card: dict, cfg: dict, transforms, batch: int, rank: int, world: int,
+                 on_the_fly: bool, root: str | None = None):
+        self.spec, self.card, self.root = spec, card, root
+        self.num_classes, self.multilabel = spec.num_classes, spec.multilabel
+        self.card_sha256 = card["card_sha256"]
         self.train_tf, self.val_tf = transforms
         self.batch, self.rank, self.world = batch, rank, world
         self.seed, self.workers = int(cfg["seed"]), int(cfg["data"]["workers"])
         self.on_the_fly = on_the_fly
         self.val_count = int(cfg["data"]["val_samples"])
-        self.steps_per_epoch = self.card["n"] // (batch * world)
+        self.steps_per_epoch = spec.n // (batch * world)
         if self.steps_per_epoch < 1:
-            raise UserError(f"dataset {path} has {self.card['n']} samples, fewer than one global batch "
-                            f"({batch * world}); render more or lower batch_size")
+            raise UserError(f"the dataset has {spec.n} samples, fewer than one global batch ({batch * world}); "
+                            f"render more or lower batch_size")
         if not on_the_fly:
             self._check_shards()
-            names = [s["name"] for s in self.card["shards"]]
+            names = [s["name"] for s in card["shards"]]
             if len(names) < world:
-                raise UserError(f"{path} has {len(names)} shards for {world} processes; re-render with a smaller "
+                raise UserError(f"{root} has {len(names)} shards for {world} processes; re-render with a smaller "
                                 f"--shard-size so every process gets its own shards")
-            self.rank_urls = [os.path.join(path, n) for n in names[rank::world]]
-        self.description = {"kind": self.card["kind"], "path": os.path.abspath(path), "n": self.card["n"],
+            self.rank_urls = [os.path.join(root, n) for n in names[rank::world]]
+        self.description = {"kind": spec.kind, "path": os.path.abspath(root) if root else None, "n": spec.n,
                             "classes": self.num_classes, "card_sha256": self.card_sha256,
                             "mode": "on_the_fly" if on_the_fly else "shards"}
+
+    @classmethod
+    def from_folder(cls, path: str, cfg: dict, transforms, batch: int, rank: int, world: int, on_the_fly: bool):
+        if not os.path.isdir(path):
+            raise UserError(f"--data {path} is not a folder; point it at a fractalgen dataset folder (with dataset.json)")
+        card = fractalgen.load_card(path)
+        return cls(fractalgen.DatasetSpec.from_card(card, path), card, cfg, transforms, batch, rank, world,
+                   on_the_fly, root=path)
+
+    @classmethod
+    def from_config(cls, cfg: dict, transforms, batch: int, rank: int, world: int):
+        """data.render holds fractalgen options (kind, n, classes, size, points, ...)."""
+        import hashlib
+        import json
+
+        opts = dict(cfg["data"]["render"])
+        kind, n, classes = opts.pop("kind"), int(opts.pop("n")), int(opts.pop("classes"))
+        systems = info = None
+        if kind == "fractaldb":
+            from fractalgen.search import search
+
+            systems, info = search(classes, seed=int(opts.get("seed", 0)), workers=1, progress=False,
+                                   size=int(opts.pop("search_size", 128)), points=int(opts.pop("search_points", 20_000)))
+        spec = fractalgen.DatasetSpec.create(kind, n, classes, systems=systems, systems_info=info, **opts)
+        card = {"card_sha256": hashlib.sha256(json.dumps(spec.options, sort_keys=True).encode()).hexdigest()}
+        return cls(spec, card, cfg, transforms, batch, rank, world, on_the_fly=True)
 
     def _check_shards(self):
         for entry in self.card["shards"]:
@@ -146,72 +175,16 @@ class FractalSource(Source):
         ext = self.card["image_ext"]
         num_classes, multilabel, tf = self.num_classes, self.multilabel, self.train_tf
 
-        def to_pair(sample):
+        def to_triple(sample):
             meta = sample["json"]
             return (tf(sample[ext].convert("RGB")), _targets(meta["classes"], meta["cls"], num_classes, multilabel),
                     sample["__key__"])
 
-        seed = (self.seed * 1_000_003 + epoch) * 1009 + self.rank
-        pipeline = wds.DataPipeline(
-            wds.ResampledShards(self.rank_urls, seed=seed, deterministic=True),
-            wds.tarfile_to_samples(),
-            wds.shuffle(1000, initial=200, rng=random.Random(seed)),
-            wds.decode("pil"),
-            wds.map(to_pair),
-            wds.batched(self.batch, collation_fn=_collate, partial=False),
-        )
-        loader = wds.WebLoader(pipeline, batch_size=None, num_workers=self.workers)
-        loader = loader.with_epoch(self.steps_per_epoch)
-        it = iter(loader)
-        for _ in range(skip):  # resume mid-epoch: the stream is seeded by epoch, so skipping replays it
-            next(it)
-        return it
+        return shard_batches(self.rank_urls, to_triple, self.batch, self.workers, self.steps_per_epoch,
+                             seed=(self.seed * 1_000_003 + epoch) * 1009 + self.rank, skip=skip)
 
     def val_loader(self):
-        ds = RenderedIndices(self.spec, self.val_tf, self.card["n"], self.val_count)
-        return ds
-
-
-def _fail_card(path):
-    raise UserError(f"--data {path} is not a folder; point it at a fractalgen dataset folder (with dataset.json)")
-
-
-class OnTheFlySpec:
-    """Build a spec from config (no disk at all): data.render holds fractalgen render options."""
-
-    @staticmethod
-    def card(render: dict) -> tuple:
-        opts = dict(render)
-        kind, n, classes = opts.pop("kind"), int(opts.pop("n")), int(opts.pop("classes"))
-        systems = info = None
-        if kind == "fractaldb":
-            from fractalgen.search import search
-
-            systems, info = search(classes, seed=int(opts.get("seed", 0)), workers=1, progress=False,
-                                   size=int(opts.pop("search_size", 128)), points=int(opts.pop("search_points", 20_000)))
-        return fractalgen.DatasetSpec.create(kind, n, classes, systems=systems, systems_info=info, **opts)
-
-
-class ConfigFractalSource(FractalSource):
-    """On-the-fly fractal data described in the config itself (data.render), no folder at all."""
-
-    def __init__(self, cfg: dict, transforms, batch: int, rank: int, world: int):
-        self.spec = OnTheFlySpec.card(cfg["data"]["render"])
-        self.card = {"n": self.spec.n, "kind": self.spec.kind}
-        self.num_classes, self.multilabel = self.spec.num_classes, self.spec.multilabel
-        import hashlib, json
-
-        self.card_sha256 = hashlib.sha256(json.dumps(self.spec.options, sort_keys=True).encode()).hexdigest()
-        self.train_tf, self.val_tf = transforms
-        self.batch, self.rank, self.world = batch, rank, world
-        self.seed, self.workers = int(cfg["seed"]), int(cfg["data"]["workers"])
-        self.on_the_fly = True
-        self.val_count = int(cfg["data"]["val_samples"])
-        self.steps_per_epoch = self.spec.n // (batch * world)
-        if self.steps_per_epoch < 1:
-            raise UserError(f"data.render.n={self.spec.n} is fewer than one global batch ({batch * world})")
-        self.description = {"kind": self.spec.kind, "options": self.spec.options, "mode": "on_the_fly",
-                            "card_sha256": self.card_sha256}
+        return RenderedIndices(self.spec, self.val_tf, self.spec.n, self.val_count)
 
 
 # --- ImageNet
@@ -297,52 +270,78 @@ class ImageNetShards(Source):
 
     def train_batches(self, epoch: int, skip: int):
         tf = self.train_tf
-        seed = (self.seed * 1_000_003 + epoch) * 1009 + self.rank
-        pipeline = wds.DataPipeline(
-            wds.ResampledShards(self.rank_urls, seed=seed, deterministic=True),
-            wds.tarfile_to_samples(),
-            wds.shuffle(1000, initial=200, rng=random.Random(seed)),
-            wds.decode("pil"),
-            wds.to_tuple("jpg;jpeg;png", "cls", "__key__"),
-            wds.map(lambda t: (tf(t[0].convert("RGB")), torch.tensor(int(t[1]), dtype=torch.long), t[2])),
-            wds.batched(self.batch, collation_fn=_collate, partial=False),
-        )
-        it = iter(wds.WebLoader(pipeline, batch_size=None, num_workers=self.workers).with_epoch(self.steps_per_epoch))
-        for _ in range(skip):
-            next(it)
-        return it
+
+        def to_triple(sample):
+            image = next(sample[k] for k in ("jpg", "jpeg", "png") if k in sample)
+            return tf(image.convert("RGB")), torch.tensor(int(sample["cls"]), dtype=torch.long), sample["__key__"]
+
+        return shard_batches(self.rank_urls, to_triple, self.batch, self.workers, self.steps_per_epoch,
+                             seed=(self.seed * 1_000_003 + epoch) * 1009 + self.rank, skip=skip)
 
     def val_loader(self):
-        samples = []
-        for url in self.val_urls:  # small enough to index once; a Dataset lets every rank take a slice
-            for sample in wds.WebDataset(url, shardshuffle=False).decode("pil").to_tuple("jpg;jpeg;png", "cls"):
-                samples.append(sample)
-        return _ListDataset(samples, self.val_tf)
+        return TarMembers(self.val_urls, self.val_tf)
 
 
-class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, items, transform):
-        self.items, self.transform = items, transform
+class TarMembers(torch.utils.data.Dataset):
+    """Map-style view of webdataset shards (image + cls): an index of member offsets, so every rank
+    can take its slice and images are read and decoded only when asked for."""
+
+    def __init__(self, urls: list, transform):
+        import tarfile
+
+        self.transform, self.items = transform, []
+        for url in urls:
+            found: dict = {}
+            with tarfile.open(url) as tar:
+                for m in tar:
+                    key, _, ext = m.name.partition(".")
+                    entry = found.setdefault(key, {})
+                    if ext in ("jpg", "jpeg", "png"):
+                        entry["image"] = (m.offset_data, m.size)
+                    elif ext == "cls":
+                        entry["cls"] = int(tar.extractfile(m).read())
+            self.items += [(url, *e["image"], e["cls"]) for e in found.values() if "image" in e and "cls" in e]
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        image, cls = self.items[i]
-        return self.transform(image.convert("RGB")), torch.tensor(int(cls), dtype=torch.long)
+        url, offset, size, cls = self.items[i]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        return self.transform(Image.open(io.BytesIO(data)).convert("RGB")), torch.tensor(cls, dtype=torch.long)
+
+
+def shard_batches(urls: list, to_triple, batch: int, workers: int, steps: int, seed: int, skip: int = 0):
+    """Endless, seeded resampling of this rank's shards -> shuffled samples -> (images, targets, keys)
+    batches; exactly `steps` batches (with_epoch on the loader counts per rank). Resuming mid-epoch
+    replays the epoch's seeded stream and drops the first `skip` batches."""
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, deterministic=True),
+        wds.tarfile_to_samples(),
+        wds.shuffle(1000, initial=200, rng=random.Random(seed)),
+        wds.decode("pil"),
+        wds.map(to_triple),
+        wds.batched(batch, collation_fn=_collate, partial=False),
+    )
+    it = iter(wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(steps))
+    for _ in range(skip):
+        next(it)
+    return it
 
 
 def make_source(cfg: dict, transforms, batch: int, rank: int, world: int) -> Source:
     data = cfg["data"]
     kind, path = data["source"], data.get("path")
     if kind == "render":
-        return ConfigFractalSource(cfg, transforms, batch, rank, world)
+        return FractalSource.from_config(cfg, transforms, batch, rank, world)
     if not path:
         raise UserError(f"data.source={kind} needs a path: pass --data PATH")
     if not os.path.exists(path):
         raise UserError(f"--data {path} does not exist")
     if kind in ("shards", "on_the_fly"):
-        return FractalSource(path, cfg, transforms, batch, rank, world, on_the_fly=kind == "on_the_fly")
+        return FractalSource.from_folder(path, cfg, transforms, batch, rank, world, on_the_fly=kind == "on_the_fly")
     if kind == "imagenet":
         if os.path.isdir(os.path.join(path, "train")) and not any(f.endswith(".tar") for f in os.listdir(os.path.join(path, "train"))):
             return ImageNetFolder(path, cfg, transforms, batch, rank, world)
