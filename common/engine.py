@@ -136,6 +136,9 @@ class Trainer:
     # --- checkpoints: written under a temporary name, then renamed; `latest` names the newest
 
     def save_checkpoint(self) -> None:
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):  # never replace a good one with garbage
+            raise UserError(f"weights became non-finite by update {self.progress.step}; lower optim.lr or enable "
+                            f"optim.clip_grad; the last good checkpoint is kept in {self.ckpt_dir}")
         name = f"step_{self.progress.step:08d}"
         final = os.path.join(self.ckpt_dir, name)
         tmp = final + ".partial"
@@ -210,8 +213,8 @@ class Trainer:
             with self.acc.autocast():
                 logits = self.model(images)
                 loss = self.loss_fn(logits, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(float(loss))
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(float(loss.detach()))
             self.acc.backward(loss)
             if self.clip and self.acc.sync_gradients:
                 self.acc.clip_grad_norm_(self.model.parameters(), float(self.clip))

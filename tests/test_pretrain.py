@@ -179,3 +179,16 @@ def test_mismatched_shards_and_classless_imagenet(tmp_path, fractal_shards):
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error:"), result.stderr[-2000:]
     result = pretrain_cli("--config", TINY, "--data", str(tmp_path), "--out", str(tmp_path / "r3"), *FAST)
     assert result.returncode == 2 and "dataset.json" in result.stderr
+
+
+def test_diverging_run_stops_with_one_line_and_keeps_good_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    result = pretrain_cli("--config", TINY, "--out", str(run), *FAST, "optim.lr=1e30", "checkpoint_every=1")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("error:") and "lower optim.lr" in lines[-1], result.stderr[-1500:]
+    from safetensors.torch import load_file
+
+    for ckpt in (run / "checkpoints").glob("step_*"):
+        for tensor in load_file(str(ckpt / "model.safetensors")).values():
+            assert tensor.isfinite().all(), ckpt
+    assert not (run / "model.safetensors").exists()
