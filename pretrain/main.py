@@ -43,8 +43,6 @@ def check_run_folder(cfg: dict, resume: str | None) -> None:
     """A run folder belongs to one config: continuing needs --resume and the same config."""
     path = os.path.join(cfg["run_dir"], "config.yaml")
     if not os.path.exists(path):
-        if resume and resume != "latest":
-            return
         return
     import yaml
 
