@@ -12,10 +12,11 @@ import yaml
 from .errors import UserError
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """base with over laid on top, nested mappings merged key by key (neither input is changed)."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
@@ -34,8 +35,8 @@ def _read(path: str, seen: tuple = ()) -> dict:
     bases = cfg.pop("base", None) or []
     merged: dict = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = _merge(merged, _read(os.path.join(os.path.dirname(path), base), seen + (path,)))
-    return _merge(merged, cfg)
+        merged = merge(merged, _read(os.path.join(os.path.dirname(path), base), seen + (path,)))
+    return merge(merged, cfg)
 
 
 def _keys(cfg: dict, prefix: str = "") -> list[str]:

@@ -8,7 +8,6 @@ DIR/commands.sh, so any step can be re-run by hand); the study only chains them.
 is complete is skipped, so re-running the same command resumes where it stopped.
 """
 
-import copy
 import os
 import shlex
 import subprocess
@@ -17,6 +16,7 @@ import time
 
 import yaml
 
+from common.config import merge
 from common.errors import ArgumentParser, UserError, run_main
 
 
@@ -27,19 +27,12 @@ def load_study(path: str, quick: bool) -> dict:
     except OSError as e:
         raise UserError(f"cannot read study config {path}: {e.strerror}") from None
     if quick:
-        study = _merge(study, study.get("quick", {}))
+        study = merge(study, study.get("quick", {}))
     study.pop("quick", None)
     for key in ("render", "pretrain", "finetune"):
         if key not in study:
             raise UserError(f"study config {path} has no {key!r} section")
     return study
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _yaml_value(value) -> str:
