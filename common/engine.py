@@ -223,10 +223,12 @@ class Trainer:
         return float(loss.detach()), logits.detach()
 
     def fit(self, batches_for_epoch, evaluate=None, eval_every_epochs: int = 1, checkpoint_every: int = 0,
-            on_epoch_end=None, key_log: str | None = None) -> None:
-        """Train to the end. batches_for_epoch(epoch, skip) yields (images, targets, keys) on the
-        device, skipping the first `skip` batches of that epoch (for resume). key_log, if given, is a
-        per-rank file that records the keys of every sample trained on."""
+            on_epoch_end=None, key_log: str | None = None, finish_batch=None) -> None:
+        """Train to the end. batches_for_epoch(epoch, skip) yields (images, targets, keys), skipping
+        the first `skip` batches of that epoch (for resume). finish_batch(images), if given, turns them
+        into the model's input on the device (after the step's seed is set, so its random draws are
+        keyed by position too). key_log, if given, is a per-rank file that records the keys of every
+        sample trained on."""
         p = self.progress
         bar = tqdm(total=self.total_steps, initial=p.step, disable=not self.acc.is_main_process, unit="step",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)  # quiet in logs
@@ -241,6 +243,8 @@ class Trainer:
                         with open(key_log, "a") as f:
                             f.write("".join(f"{p.step} {k}\n" for k in keys))
                     step_seed(int(self.cfg["seed"]), p.step, self.acc.process_index)
+                    if finish_batch is not None:
+                        images = finish_batch(images)
                     try:
                         loss, logits = self.train_step(images, targets)
                         if self.train_metrics:
@@ -257,7 +261,7 @@ class Trainer:
                     lr = self.optimizer.param_groups[0]["lr"]
                     rate = seen_n / max(time.time() - seen_t, 1e-9)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
                     if p.step % int(self.cfg.get("log_every", 20)) == 0:
                         self.log({"step": p.step, "epoch": p.epoch, "train_loss": loss, "lr": lr, "img_per_s": rate,
                                   "time": round(time.time(), 3)})

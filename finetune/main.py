@@ -57,6 +57,8 @@ def resolve(args) -> dict:
         if cfg.get("mean") in (None, "auto"):
             cfg["mean"], cfg["std"] = sidecar["mean"], sidecar["std"]
         cfg["pretrain_source"] = sidecar.get("source")
+        if sidecar.get("images_seen") and isinstance(cfg["pretrain_source"], dict):  # the pretraining budget
+            cfg["pretrain_source"]["images_seen"] = sidecar["images_seen"]
     if cfg.get("model") in (None, "auto"):
         raise UserError("set model=<timm name> (or pass --init weights with a model.json sidecar)")
     if cfg.get("mean") in (None, "auto"):
@@ -158,8 +160,8 @@ def main(argv=None) -> None:
         last_confusion["cm"] = result.pop("confusion", None)
         return result
 
-    trainer.fit(batches, evaluate=validate, checkpoint_every=int(cfg.get("checkpoint_every", 0)),
-                on_epoch_end=history.append)
+    trainer.fit(batches, evaluate=validate, eval_every_epochs=int(cfg.get("eval_every", 1)),
+                checkpoint_every=int(cfg.get("checkpoint_every", 0)), on_epoch_end=history.append)
 
     if acc.is_main_process:
         export_model(acc.unwrap_model(trainer.model), run_dir, {

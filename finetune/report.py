@@ -21,7 +21,12 @@ def source_name(final: dict) -> str:
     src = final.get("pretrain_source")
     if not src or final.get("init") in (None, "scratch"):
         return "scratch"
-    return src.get("kind") or os.path.basename(str(final.get("init")))
+    name = src.get("kind") or os.path.basename(str(final.get("init")))
+    return f"{name} ({_count(src['images_seen'])} img)" if src.get("images_seen") else name
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k" if n >= 1e3 else str(n)
 
 
 def dataset_name(final: dict) -> str:
@@ -42,8 +47,11 @@ def load_runs(paths: list) -> list:
         if os.path.exists(metrics):
             with open(metrics) as f:
                 history = [r for r in map(json.loads, f) if "val_acc" in r or "val_map" in r]
+        src = final.get("pretrain_source") or {}
         runs.append({"path": path, "final": final, "history": history,
-                     "row": f"{final['model']} | {source_name(final)}", "col": dataset_name(final)})
+                     "row": f"{final['model']} | {source_name(final)}", "col": dataset_name(final),
+                     "kind": src.get("kind") if source_name(final) != "scratch" else "scratch",
+                     "images": src.get("images_seen", 0) if source_name(final) != "scratch" else 0})
     if not runs:
         raise UserError("no runs given")
     return runs
@@ -83,10 +91,11 @@ def build(runs: list, out: str) -> str:
     table = "\n".join(lines)
     _bar_chart(cells, rows, sorted({c for c, _ in cols}), os.path.join(out, "bars.png"))
     _curves(runs, os.path.join(out, "curves.png"))
+    budget = _budget_plot(runs, os.path.join(out, "budget.png"))
     text = ("# Fine-tuning report\n\nTop-1 accuracy / macro-F1 in %, last epoch, mean ± std over seeds "
             "(best epoch, chosen on the validation split, only as a labelled extra).\n\n" + table +
-            "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy per epoch](curves.png)\n\n"
-            f"Runs: {len(runs)}\n")
+            "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy per epoch](curves.png)\n\n" +
+            ("![accuracy vs pretraining budget](budget.png)\n\n" if budget else "") + f"Runs: {len(runs)}\n")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "runs.json"), "w") as f:
@@ -125,7 +134,7 @@ def _curves(runs, path):
     groups = defaultdict(list)
     for r in runs:
         if r["history"]:
-            groups[(r["col"], r["row"])].append([h.get("val_acc", h.get("val_map")) for h in r["history"]])
+            groups[(r["col"], r["row"])].append([(h["epoch"], h.get("val_acc", h.get("val_map"))) for h in r["history"]])
     datasets = sorted({c for c, _ in groups})
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5.5 * max(1, len(datasets)), 3.8), squeeze=False)
     for ax, d in zip(axes[0], datasets):
@@ -133,8 +142,9 @@ def _curves(runs, path):
             if col != d:
                 continue
             n = min(len(c) for c in curves)
-            mean = 100 * np.mean([c[:n] for c in curves], 0)
-            ax.plot(range(1, n + 1), mean, "-o", ms=3, label=row.replace(" | ", ": "))
+            epochs = [e for e, _ in curves[0][:n]]
+            mean = 100 * np.mean([[v for _, v in c[:n]] for c in curves], 0)
+            ax.plot(epochs, mean, "-o", ms=3, label=row.replace(" | ", ": "))
         ax.set_title(d)
         ax.set_xlabel("epoch")
         ax.set_ylabel("val accuracy (%)")
@@ -143,6 +153,51 @@ def _curves(runs, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _budget_plot(runs, path) -> bool:
+    """Last-epoch accuracy against pretraining images seen, for every (model, kind) pretrained at two
+    or more budgets, with the model's from-scratch accuracy as a dashed line. False when no kind has
+    more than one budget."""
+    acc = defaultdict(list)  # (dataset, model, kind, images) -> last-epoch accuracies
+    for r in runs:
+        value = metric_values(r).get("acc")
+        if value is not None and r["final"]["mode"] != "few_shot":
+            acc[(r["col"], r["final"]["model"], r["kind"], r["images"])].append(value)
+    budgets = defaultdict(set)
+    for d, m, k, n in acc:
+        if k != "scratch":
+            budgets[(d, m, k)].add(n)
+    series = {key: sorted(ns) for key, ns in budgets.items() if len(ns) > 1}
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({d for d, _, _ in series})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for (dd, model, kind), ns in sorted(series.items()):
+            if dd != d:
+                continue
+            means = [100 * np.mean(acc[(d, model, kind, n)]) for n in ns]
+            stds = [100 * np.std(acc[(d, model, kind, n)]) for n in ns]
+            line = ax.errorbar(ns, means, yerr=stds, fmt="-o", ms=4, capsize=3, label=f"{model}: {kind}")
+            scratch = acc.get((d, model, "scratch", 0))
+            if scratch:
+                ax.axhline(100 * np.mean(scratch), ls="--", color=line[0].get_color(), label=f"{model}: scratch")
+        ax.set_xscale("log")
+        ax.set_title(d)
+        ax.set_xlabel("pretraining images seen")
+        ax.set_ylabel("accuracy (%), last epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main(argv=None) -> None:
@@ -156,7 +211,7 @@ def main(argv=None) -> None:
             os.path.dirname(f) for f in glob.glob(os.path.join(p, "**", "final.json"), recursive=True))
     table = build(load_runs(paths), args.out)
     print(table)
-    print(f"\nreport: {os.path.join(args.out, 'report.md')} (bars.png, curves.png)")
+    print(f"\nreport: {os.path.join(args.out, 'report.md')} (with its pictures beside it)")
 
 
 if __name__ == "__main__":

@@ -45,25 +45,58 @@ def _overrides(values: dict) -> list[str]:
 
 
 class Study:
-    def __init__(self, study: dict, data: str, out: str):
-        self.study, self.data, self.out = study, data, out
+    def __init__(self, study: dict, data: str, out: str, jobs: int = 1):
+        self.study, self.data, self.out, self.jobs = study, data, out, max(1, jobs)
         os.makedirs(out, exist_ok=True)
         self.log = open(os.path.join(out, "commands.sh"), "a")
 
     def run(self, cmd: list[str], done_marker: str) -> None:
-        """Run one pipeline command unless its output is already complete."""
+        self.run_all([(cmd, done_marker)])
+
+    def run_all(self, steps: list) -> None:
+        """Run (cmd, done_marker) steps, `jobs` at a time, skipping those whose output is complete.
+        Parallel steps split the cores between them (OMP_NUM_THREADS) and log to DIR/logs/."""
+        todo = []
+        for cmd, marker in steps:
+            if os.path.exists(marker):
+                print(f"[study] done already: {shlex.join(cmd)}", flush=True)
+            else:
+                todo.append((cmd, marker))
+        running, failed = [], []
+        while todo or running:
+            while todo and len(running) < self.jobs and not failed:
+                cmd, marker = todo.pop(0)
+                running.append(self._start(cmd, marker))
+            time.sleep(0.5)
+            for job in [j for j in running if j["proc"].poll() is not None]:
+                running.remove(job)
+                if job["log"]:
+                    job["log"].close()
+                if job["proc"].returncode != 0:
+                    failed.append(job)
+                else:
+                    print(f"[study] finished in {time.time() - job['start']:.0f} s: {job['name']}", flush=True)
+            if failed and not running:
+                job = failed[0]
+                where = f"; its log: {job['log_path']}" if job["log_path"] else ""
+                raise UserError(f"step failed (exit {job['proc'].returncode}): {shlex.join(job['cmd'])}{where}; "
+                                f"fix it and re-run the study to resume")
+
+    def _start(self, cmd: list[str], marker: str) -> dict:
         line = shlex.join(cmd)
-        if os.path.exists(done_marker):
-            print(f"[study] done already: {line}", flush=True)
-            return
         self.log.write(line + "\n")
         self.log.flush()
         print(f"[study] {line}", flush=True)
-        start = time.time()
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
-            raise UserError(f"step failed (exit {result.returncode}): {line}; fix it and re-run the study to resume")
-        print(f"[study] finished in {time.time() - start:.0f} s", flush=True)
+        name = os.path.relpath(os.path.dirname(marker), self.out).replace(os.sep, "_")
+        log = log_path = None
+        env = dict(os.environ)
+        if self.jobs > 1:
+            os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+            log_path = os.path.join(self.out, "logs", name + ".log")
+            log = open(log_path, "w")
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
+        return {"proc": proc, "cmd": cmd, "name": name, "log": log, "log_path": log_path, "start": time.time()}
 
     def render(self) -> dict:
         cfg = self.study["render"]
@@ -82,37 +115,57 @@ class Study:
         return folders
 
     def pretrain(self, folders: dict) -> dict:
-        checkpoints = {}
+        """One run per (job, kind), plus the budget runs: the same pretraining at other numbers of
+        images (data.train_samples). Returns {(job, source): weights} with sources like `single` and
+        `single-25k`."""
+        steps, checkpoints = [], {}
+        budget = self.study.get("budget") or {}
         for job in self.study["pretrain"]:
-            for kind in job["kinds"]:
-                run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{kind}")
-                cmd = [sys.executable, "-m", "pretrain.main", "--config", job["config"], "--data", folders[kind],
-                       "--out", run_dir, *_overrides(job.get("overrides"))]
-                self.run(cmd, os.path.join(run_dir, "model.safetensors"))
-                checkpoints[(job["name"], kind)] = os.path.join(run_dir, "model.safetensors")
+            runs = [(kind, kind, {}) for kind in job["kinds"]]
+            if budget.get("job") == job["name"]:
+                runs += [(budget["kind"], f"{budget['kind']}-{_count(n)}", {"data.train_samples": n})
+                         for n in budget["images"]]
+            for kind, source, extra in runs:
+                run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
+                steps.append(([sys.executable, "-m", "pretrain.main", "--config", job["config"], "--data",
+                               folders[kind], "--out", run_dir, *_overrides({**job.get("overrides", {}), **extra})],
+                              os.path.join(run_dir, "model.safetensors")))
+                checkpoints[(job["name"], source)] = os.path.join(run_dir, "model.safetensors")
+        self.run_all(steps)
         return checkpoints
 
     def finetune(self, checkpoints: dict) -> list[str]:
         """Every regime, model, source (scratch first) and seed; regimes in config order, so a stopped
-        study already holds complete tables for the first regimes."""
+        study already holds complete tables for the first regimes. A regime's `only` list (e.g.
+        [vit-scratch, vit-single]) limits it to those model-source pairs; budget runs are fine-tuned
+        in the regimes the budget section names."""
         cfg = self.study["finetune"]
-        runs = []
+        budget = self.study.get("budget") or {}
+        steps, runs = [], []
         for regime, regime_over in cfg["regimes"].items():
             if regime_over is None:  # switched off (e.g. by the quick block)
                 continue
+            regime_over = dict(regime_over)
+            only = regime_over.pop("only", None)
             for job in self.study["pretrain"]:
-                for source in ["scratch", *job["kinds"]]:
+                sources = ["scratch", *job["kinds"]]
+                if budget.get("job") == job["name"] and regime in budget.get("regimes", []):
+                    sources += [f"{budget['kind']}-{_count(n)}" for n in budget["images"]]
+                for source in sources:
+                    if only is not None and f"{job['name']}-{source}" not in only:
+                        continue
                     for seed in cfg["seeds"]:
                         run_dir = os.path.join(self.out, "finetune", regime, f"{job['name']}-{source}-s{seed}")
                         init = "scratch" if source == "scratch" else checkpoints[(job["name"], source)]
                         over = {**(job.get("finetune_overrides") or {}), **(cfg.get("overrides") or {}),
-                                **(regime_over or {}), "seed": seed}
+                                **regime_over, "seed": seed}
                         if source == "scratch":
                             over.update(job.get("scratch_overrides") or {})
-                        cmd = [sys.executable, "-m", "finetune.main", "--config", cfg["config"], "--data", self.data,
-                               "--init", init, "--out", run_dir, *_overrides(over)]
-                        self.run(cmd, os.path.join(run_dir, "final.json"))
+                        steps.append(([sys.executable, "-m", "finetune.main", "--config", cfg["config"], "--data",
+                                       self.data, "--init", init, "--out", run_dir, *_overrides(over)],
+                                      os.path.join(run_dir, "final.json")))
                         runs.append(run_dir)
+        self.run_all(steps)
         return runs
 
     def report(self, runs: list[str]) -> str:
@@ -121,6 +174,10 @@ class Study:
         self.log.write(shlex.join(cmd) + "\n")
         subprocess.run(cmd, check=True)
         return report_dir
+
+
+def _count(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def _bin(name: str) -> str:
@@ -135,11 +192,13 @@ def main(argv=None) -> None:
     ap.add_argument("--data", required=True, help="the fine-tuning dataset (e.g. a cifar-10-batches-py folder)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="the short smoke-check variant (the config's quick: block)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="steps run side by side, sharing the cores (default: the config's jobs, else 1)")
     args = ap.parse_args(argv)
     if not os.path.exists(args.data):
         raise UserError(f"--data {args.data} does not exist; pass the folder of the fine-tuning dataset")
     study = load_study(args.config, args.quick)
-    s = Study(study, args.data, args.out)
+    s = Study(study, args.data, args.out, jobs=args.jobs or int(study.get("jobs", 1)))
     start = time.time()
     folders = s.render()
     checkpoints = s.pretrain(folders)

@@ -10,18 +10,18 @@ steps_per_epoch batches, so DDP never waits on a rank that ran dry.
 """
 
 import io
+import json
 import os
-import random
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import fractalgen
 from common.engine import step_seed
 from common.errors import UserError
+from pretrain.shards import shard_batches
 
 
 class Source:
@@ -51,6 +51,11 @@ def _collate(samples):
     """(images, targets, keys): keys identify the samples (for the per-rank sample log)."""
     images, targets, keys = zip(*samples)
     return torch.stack(images), torch.stack(targets), list(keys)
+
+
+def _open_image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))  # skip probing every other format
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 # --- fractal data: on the fly and from shards
@@ -115,10 +120,12 @@ class FractalSource(Source):
         self.seed, self.workers = int(cfg["seed"]), int(cfg["data"]["workers"])
         self.on_the_fly = on_the_fly
         self.val_count = int(cfg["data"]["val_samples"])
-        self.steps_per_epoch = spec.n // (batch * world)
+        # an epoch is n samples, or data.train_samples (a budget: fewer draws a subset, more cycles)
+        self.epoch_samples = int(cfg["data"].get("train_samples") or spec.n)
+        self.steps_per_epoch = self.epoch_samples // (batch * world)
         if self.steps_per_epoch < 1:
-            raise UserError(f"the dataset has {spec.n} samples, fewer than one global batch ({batch * world}); "
-                            f"render more or lower batch_size")
+            raise UserError(f"an epoch of {self.epoch_samples} samples is less than one global batch "
+                            f"({batch * world}); render more, raise data.train_samples or lower batch_size")
         if not on_the_fly:
             self._check_shards()
             names = [s["name"] for s in card["shards"]]
@@ -142,7 +149,6 @@ class FractalSource(Source):
     def from_config(cls, cfg: dict, transforms, batch: int, rank: int, world: int):
         """data.render holds fractalgen options (kind, n, classes, size, points, ...)."""
         import hashlib
-        import json
 
         opts = dict(cfg["data"]["render"])
         kind, n, classes = opts.pop("kind"), int(opts.pop("n")), int(opts.pop("classes"))
@@ -175,12 +181,14 @@ class FractalSource(Source):
         ext = self.card["image_ext"]
         num_classes, multilabel, tf = self.num_classes, self.multilabel, self.train_tf
 
-        def to_triple(sample):
-            meta = sample["json"]
-            return (tf(sample[ext].convert("RGB")), _targets(meta["classes"], meta["cls"], num_classes, multilabel),
-                    sample["__key__"])
+        def to_triple(sample):  # only the fields the labels need are decoded (json only for multi-label)
+            if multilabel:
+                target = _targets(json.loads(sample["json"])["classes"], 0, num_classes, True)
+            else:
+                target = torch.tensor(int(sample["cls"]), dtype=torch.long)
+            return tf(_open_image(sample[ext])), target, sample["__key__"]
 
-        return shard_batches(self.rank_urls, to_triple, self.batch, self.workers, self.steps_per_epoch,
+        return shard_batches(self.rank_urls, to_triple, _collate, self.batch, self.workers, self.steps_per_epoch,
                              seed=(self.seed * 1_000_003 + epoch) * 1009 + self.rank, skip=skip)
 
     def val_loader(self):
@@ -273,9 +281,9 @@ class ImageNetShards(Source):
 
         def to_triple(sample):
             image = next(sample[k] for k in ("jpg", "jpeg", "png") if k in sample)
-            return tf(image.convert("RGB")), torch.tensor(int(sample["cls"]), dtype=torch.long), sample["__key__"]
+            return tf(_open_image(image)), torch.tensor(int(sample["cls"]), dtype=torch.long), sample["__key__"]
 
-        return shard_batches(self.rank_urls, to_triple, self.batch, self.workers, self.steps_per_epoch,
+        return shard_batches(self.rank_urls, to_triple, _collate, self.batch, self.workers, self.steps_per_epoch,
                              seed=(self.seed * 1_000_003 + epoch) * 1009 + self.rank, skip=skip)
 
     def val_loader(self):
@@ -310,25 +318,7 @@ class TarMembers(torch.utils.data.Dataset):
         with open(url, "rb") as f:
             f.seek(offset)
             data = f.read(size)
-        return self.transform(Image.open(io.BytesIO(data)).convert("RGB")), torch.tensor(cls, dtype=torch.long)
-
-
-def shard_batches(urls: list, to_triple, batch: int, workers: int, steps: int, seed: int, skip: int = 0):
-    """Endless, seeded resampling of this rank's shards -> shuffled samples -> (images, targets, keys)
-    batches; exactly `steps` batches (with_epoch on the loader counts per rank). Resuming mid-epoch
-    replays the epoch's seeded stream and drops the first `skip` batches."""
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(urls, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(),
-        wds.shuffle(1000, initial=200, rng=random.Random(seed)),
-        wds.decode("pil"),
-        wds.map(to_triple),
-        wds.batched(batch, collation_fn=_collate, partial=False),
-    )
-    it = iter(wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(steps))
-    for _ in range(skip):
-        next(it)
-    return it
+        return self.transform(_open_image(data)), torch.tensor(cls, dtype=torch.long)
 
 
 def make_source(cfg: dict, transforms, batch: int, rank: int, world: int) -> Source:

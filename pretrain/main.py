@@ -15,7 +15,7 @@ from common.config import load_config, save_config
 from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
 from common.errors import ArgumentParser, UserError, run_main
 from common.models import count_parameters, create_model, export_model
-from common.transforms import make_transforms
+from common.transforms import BatchFinish, make_transforms
 
 
 def parse_args(argv=None):
@@ -64,7 +64,8 @@ def main(argv=None) -> None:
     acc.wait_for_everyone()
     seed_everything(int(cfg["seed"]), acc)
     batch = per_rank_batch(int(cfg["batch_size"]), acc)
-    transforms = make_transforms(cfg["aug"], int(cfg["img_size"]), cfg["mean"], cfg["std"])
+    # workers crop/flip/augment to uint8; normalising and random erasing happen per batch on the device
+    transforms = make_transforms(cfg["aug"], int(cfg["img_size"]), cfg["mean"], cfg["std"], uint8_train=True)
 
     from pretrain.data import make_source
 
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
 
     def batches(epoch, skip):
         for images, targets, keys in source.train_batches(epoch, skip):
-            yield images.to(acc.device), targets.to(acc.device), keys
+            yield images, targets.to(acc.device), keys
 
     val = source.val_loader()
 
@@ -97,13 +98,15 @@ def main(argv=None) -> None:
     if cfg.get("log_sample_keys"):
         key_log = os.path.join(cfg["run_dir"], f"sample_keys.rank{acc.process_index}.txt")
     trainer.fit(batches, evaluate=validate, eval_every_epochs=int(cfg.get("eval_every", 1)),
-                checkpoint_every=int(cfg.get("checkpoint_every", 0)), key_log=key_log)
+                checkpoint_every=int(cfg.get("checkpoint_every", 0)), key_log=key_log,
+                finish_batch=BatchFinish(cfg["aug"], cfg["mean"], cfg["std"], acc.device))
 
     if acc.is_main_process:
         sidecar = {"model": cfg["model"], "model_kwargs": cfg.get("model_kwargs") or {},
                    "num_classes": source.num_classes, "img_size": int(cfg["img_size"]), "mean": cfg["mean"],
                    "std": cfg["std"], "multilabel": source.multilabel, "source": source.description,
-                   "recipe": cfg.get("recipe"), "updates": trainer.progress.step}
+                   "recipe": cfg.get("recipe"), "updates": trainer.progress.step,
+                   "images_seen": trainer.progress.step * int(cfg["batch_size"])}
         path = export_model(acc.unwrap_model(trainer.model), cfg["run_dir"], sidecar)
         with open(os.path.join(cfg["run_dir"], "final.json"), "w") as f:
             json.dump({"updates": trainer.progress.step, "epochs": trainer.progress.epoch}, f)

@@ -158,11 +158,12 @@ def test_few_shot_ridge_is_exact_on_separable_features():
     assert np.allclose(x.T @ (x @ w - y) + 1e-3 * w, 0, atol=1e-6)
 
 
-def fake_run(root, name, source, acc, seed, dataset="cifar10", model="vit_tiny"):
+def fake_run(root, name, source, acc, seed, dataset="cifar10", model="vit_tiny", images=None):
     run = os.path.join(root, name)
     os.makedirs(run)
+    src = None if source is None else {"kind": source, **({"images_seen": images} if images else {})}
     final = {"mode": "finetune", "model": model, "init": "scratch" if source is None else "x/model.safetensors",
-             "dataset": dataset, "pretrain_source": None if source is None else {"kind": source}, "seed": seed,
+             "dataset": dataset, "pretrain_source": src, "seed": seed,
              "train_images": None, "last_epoch": {"epoch": 3, "val_acc": acc, "val_macro_f1": acc - 0.05},
              "best_epoch": {"epoch": 2, "val_acc": acc + 0.01}}
     json.dump(final, open(os.path.join(run, "final.json"), "w"))
@@ -183,6 +184,19 @@ def test_report_from_fabricated_runs(tmp_path, capsys):
     assert (out / "bars.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
     report_main([str(tmp_path), "--out", str(tmp_path / "r2")])  # parent folders are searched
     assert "(n=3)" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_report_draws_accuracy_against_pretraining_budget(tmp_path):
+    runs = [fake_run(tmp_path, f"s{s}", None, 0.40, s) for s in range(2)]
+    for n, acc in ((25_000, 0.38), (100_000, 0.42), (400_000, 0.47)):
+        runs += [fake_run(tmp_path, f"b{n}-{s}", "single", acc + 0.01 * s, s, images=n) for s in range(2)]
+    out = tmp_path / "report"
+    report_main([*runs, "--out", str(out)])
+    text = (out / "report.md").read_text()
+    assert "| vit_tiny | single (25k img) | 38.5 ± 0.5 (n=2)" in text and "| vit_tiny | single (400k img) |" in text
+    assert "budget.png" in text and (out / "budget.png").stat().st_size > 1000
+    report_main([*runs[:4], "--out", str(tmp_path / "r2")])  # one budget per kind: no budget picture
+    assert not (tmp_path / "r2" / "budget.png").exists()
 
 
 def test_bad_inputs(tmp_path, imagefolder):

@@ -20,13 +20,16 @@ def test_quick_study_chains_the_stages_and_resumes(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (out / "report" / "report.md").read_text()
-    for row in ("| vit_tiny_patch16_224 | scratch |", "| vit_tiny_patch16_224 | single |",
-                "| resnet10t | scratch |", "| resnet10t | multi |"):
+    for row in ("| vit_tiny_patch16_224 | scratch |", "| vit_tiny_patch16_224 | single (2.048k img) |",
+                "| vit_tiny_patch16_224 | single (1.024k img) |",  # the budget run
+                "| resnet10t | scratch |", "| resnet10t | multi (2.048k img) |"):
         assert row in report, report
     assert "cifar10 (200 img): acc" in report and (out / "report" / "bars.png").exists()
+    assert (out / "report" / "budget.png").exists()
     runs = [out / "pretrain" / d for d in os.listdir(out / "pretrain")]
     runs += [out / "finetune" / "low" / d for d in os.listdir(out / "finetune" / "low")]
-    assert len(runs) == 2 + 4
+    assert len(runs) == 3 + 5
+    assert len(os.listdir(out / "logs")) == 3 + 3 + 5  # two steps at a time: each logs to its own file
     for run in runs:
         for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json"):
             assert (run / name).exists(), f"{run}/{name}"
@@ -35,4 +38,4 @@ def test_quick_study_chains_the_stages_and_resumes(tmp_path):
     commands = (out / "commands.sh").read_text().splitlines()
     assert any("fractalgen render" in c for c in commands) and any("pretrain.main" in c for c in commands)
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)  # resumes: nothing to redo
-    assert again.returncode == 0 and again.stdout.count("done already") == 3 + 2 + 4
+    assert again.returncode == 0 and again.stdout.count("done already") == 3 + 3 + 5
