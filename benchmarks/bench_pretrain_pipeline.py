@@ -1,6 +1,6 @@
 """Pretraining data-pipeline efficiency and on-the-fly rendering rate.
 
-    python benchmarks/bench_pretrain_pipeline.py
+    python benchmarks/bench_pretrain_pipeline.py [--width 128 --depth 4] [--repeats 5] [--pipeline-only]
 
 1. images/s of the real pretraining loop (pretrain.main reading fractalgen shards: tar reading, PNG
    decoding, timm transforms, batching in a DataLoader worker) divided by images/s of the same
@@ -18,19 +18,24 @@ import time
 
 import torch
 
-from common.models import build
 from common.transforms import make_transforms
 from fractalgen import DatasetSpec, render_dataset, render_sample
 from pretrain.main import main as pretrain
 
-VIT = {"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}
 H100_DEIT_S16_IMG_S = 3000  # assumed: bf16 DeiT-S/16 training throughput of one H100, public ballpark
 BATCH = 128
-# the DeiT recipe minus the per-image augmentations a 32 px ViT does not use here (same in both loops)
-OVERRIDES = ["model=vit_tiny_patch16_224", f"model_kwargs={json.dumps(VIT)}", "img_size=32", "epochs=1",
-             f"batch_size={BATCH}", "precision=no", "checkpoint_every=0", "log_every=10", "data.workers=1",
-             "data.val_samples=128", "aug.auto_augment=null", "aug.re_prob=0", "aug.mixup=0", "aug.cutmix=0",
-             "aug.scale=[0.5, 1.0]"]
+
+
+def overrides(width: int, depth: int) -> list:
+    """The DeiT recipe on a small ViT (patch 4, 32 px) minus the per-image augmentations a 32 px ViT
+    does not use here; the same in both loops."""
+    vit = {"patch_size": 4, "embed_dim": width, "depth": depth, "num_heads": width // 32}
+    return ["model=vit_tiny_patch16_224", f"model_kwargs={json.dumps(vit)}", "img_size=32", "epochs=1",
+            f"batch_size={BATCH}", "precision=no", "checkpoint_every=0", "log_every=10", "data.workers=1",
+            "data.val_samples=128", "aug.auto_augment=null", "aug.re_prob=0", "aug.mixup=0", "aug.cutmix=0",
+            "aug.scale=[0.5, 1.0]"]
+
+
 CONFIG = "configs/pretrain/deit_s16_single.yaml"
 
 
@@ -41,7 +46,7 @@ def _rate(run_dir: str) -> float:
     return (last["step"] - first["step"]) * BATCH / (last["time"] - first["time"])
 
 
-def in_memory_rate(workdir: str, steps: int = 100) -> float:
+def in_memory_rate(workdir: str, over: list, steps: int = 100) -> float:
     """The trainer's own step (same config, model, loss, optimiser, schedule) fed one uint8 batch
     that is already in memory: the ceiling the data pipeline is measured against."""
     from common.config import load_config
@@ -49,7 +54,7 @@ def in_memory_rate(workdir: str, steps: int = 100) -> float:
     from common.models import create_model
     from common.transforms import BatchFinish
 
-    cfg = load_config(CONFIG, OVERRIDES)
+    cfg = load_config(CONFIG, over)
     acc = make_accelerator(cfg)
     model = create_model(cfg["model"], 100, img_size=32, drop_path_rate=float(cfg["drop_path"]),
                          model_kwargs=cfg["model_kwargs"])
@@ -63,11 +68,11 @@ def in_memory_rate(workdir: str, steps: int = 100) -> float:
     return _rate(run)
 
 
-def pipeline_rate(workdir: str, data: str) -> float:
+def pipeline_rate(workdir: str, data: str, over: list) -> float:
     """The real loop: pretrain.main reading the shards through one DataLoader worker."""
     run = tempfile.mkdtemp(dir=workdir)
     os.rmdir(run)
-    pretrain(["--config", CONFIG, "--data", data, "--out", run, *OVERRIDES])
+    pretrain(["--config", CONFIG, "--data", data, "--out", run, *over])
     return _rate(run)
 
 
@@ -84,7 +89,16 @@ def on_the_fly_rate(count: int = 100) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main(repeats: int = 3):
+def main():
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=128, help="ViT embedding width (heads = width / 32)")
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pipeline-only", action="store_true", help="skip the on-the-fly 224 px measurement")
+    args = ap.parse_args()
+    over = overrides(args.width, args.depth)
     torch.set_num_threads(2)
     workdir = tempfile.mkdtemp(prefix="bench-pipeline-")
     try:
@@ -92,17 +106,18 @@ def main(repeats: int = 3):
         spec = DatasetSpec.create("single", 12_800, 100, size=32, points=2000)
         render_dataset(spec, data, shard_size=1600, workers=2, progress=False)
         mem, real = [], []
-        for _ in range(repeats):  # interleaved, medians: the machine's speed drifts between runs
-            mem.append(in_memory_rate(workdir))
-            real.append(pipeline_rate(workdir, data))
-        print("in memory:", [round(r) for r in mem], "from shards:", [round(r) for r in real])
-        mem, real = sorted(mem)[repeats // 2], sorted(real)[repeats // 2]
-        print(f"trainer step on in-memory batches: {mem:.0f} img/s (median of {repeats})")
-        print(f"real pretraining loop from shards: {real:.0f} img/s (median of {repeats})")
+        for _ in range(args.repeats):  # interleaved, medians: the machine's speed drifts between runs
+            mem.append(in_memory_rate(workdir, over))
+            real.append(pipeline_rate(workdir, data, over))
+        print(f"ViT width {args.width} depth {args.depth}: in memory", [round(r) for r in mem],
+              "from shards", [round(r) for r in real])
+        mem, real = sorted(mem)[args.repeats // 2], sorted(real)[args.repeats // 2]
+        print(f"trainer step on in-memory batches: {mem:.0f} img/s (median of {args.repeats})")
+        print(f"real pretraining loop from shards: {real:.0f} img/s (median of {args.repeats})")
         print(f"data-pipeline efficiency: {real / mem:.3f}")
     finally:
         shutil.rmtree(workdir)
-    if os.environ.get("PIPELINE_ONLY"):
+    if args.pipeline_only:
         return
     torch.set_num_threads(1)
     rate = on_the_fly_rate()
@@ -112,4 +127,4 @@ def main(repeats: int = 3):
 
 
 if __name__ == "__main__":
-    main(int(os.environ.get("REPEATS", 3)))
+    main()

@@ -242,12 +242,14 @@ def test_two_process_evaluation_counts_every_sample_once(tmp_path):
         "data = torch.utils.data.TensorDataset(torch.arange(13.).reshape(13, 1), torch.arange(13))\n"
         "logits, targets = predict(torch.nn.Identity(), data, acc, batch=4)\n"
         "if acc.is_main_process:\n"
-        "    json.dump({'world': acc.num_processes, 'targets': targets.tolist()}, open(sys.argv[1], 'w'))\n")
+        "    json.dump({'world': acc.num_processes, 'targets': targets.tolist()}, open(sys.argv[1], 'w'))\n"
+        "acc.wait_for_everyone()\n"
+        "acc.end_training()  # a clean exit of the process group (an abrupt one can abort under load)\n")
     out = tmp_path / "out.json"
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                         "--main_process_port", "29544", str(script), str(out)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     result = json.load(open(out))
     assert result["world"] == 2 and sorted(result["targets"]) == list(range(13))
