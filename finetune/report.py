@@ -89,11 +89,13 @@ def build(runs: list, out: str) -> str:
         lines.append(f"| {model} | {source} | " + " | ".join(fmt(cells[(row, c, m)]) if cells.get((row, c, m)) else "–"
                                                            for c, m in cols) + " |")
     table = "\n".join(lines)
+    versus = _versus_scratch(runs, cells)
     _bar_chart(cells, rows, sorted({c for c, _ in cols}), os.path.join(out, "bars.png"))
     _curves(runs, os.path.join(out, "curves.png"))
     budget = _budget_plot(runs, os.path.join(out, "budget.png"))
     text = ("# Fine-tuning report\n\nTop-1 accuracy / macro-F1 in %, last epoch, mean ± std over seeds "
             "(best epoch, chosen on the validation split, only as a labelled extra).\n\n" + table +
+            (("\n\n## Against the from-scratch twin\n\n" + versus) if versus else "") +
             "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy per epoch](curves.png)\n\n" +
             ("![accuracy vs pretraining budget](budget.png)\n\n" if budget else "") + f"Runs: {len(runs)}\n")
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -101,6 +103,29 @@ def build(runs: list, out: str) -> str:
     with open(os.path.join(out, "runs.json"), "w") as f:
         json.dump([{"path": r["path"], "row": r["row"], "col": r["col"], **metric_values(r)} for r in runs], f, indent=1)
     return table
+
+
+def _versus_scratch(runs, cells) -> str:
+    """Per pretrained row: last-epoch accuracy minus the same model's scratch accuracy (points, means
+    over seeds), and the first epoch at which its mean accuracy curve reaches scratch's final mean."""
+    curves = defaultdict(list)
+    for r in runs:
+        if r["history"]:
+            curves[(r["row"], r["col"])].append({h["epoch"]: h.get("val_acc") for h in r["history"]})
+    lines = ["| model | pretraining | dataset | Δ acc vs scratch (points) | epochs to reach scratch's final acc |",
+             "|---|---|---|---|---|"]
+    for (row, col, metric), values in sorted(cells.items()):
+        model, source = row.split(" | ")
+        scratch = cells.get((f"{model} | scratch", col, "acc"))
+        if metric != "acc" or source == "scratch" or not scratch:
+            continue
+        target = np.mean(scratch)
+        epochs = sorted(set.intersection(*(set(c) for c in curves[(row, col)]))) if curves[(row, col)] else []
+        reached = next((e for e in epochs if np.mean([c[e] for c in curves[(row, col)]]) >= target), None)
+        total = max(epochs) if epochs else "?"
+        lines.append(f"| {model} | {source} | {col} | {100 * (np.mean(values) - target):+.1f} | "
+                     f"{f'{reached} of {total}' if reached is not None else f'not within {total}'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _bar_chart(cells, rows, datasets, path):

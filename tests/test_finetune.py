@@ -181,6 +181,7 @@ def test_report_from_fabricated_runs(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "| vit_tiny | scratch | 42.0 ± 1.6 (n=3)" in text and "| vit_tiny | multi | 52.0 ± 1.6 (n=3)" in text
     assert "best acc (extra)" in text
+    assert "| vit_tiny | multi | cifar10 | +10.0 | 3 of 3 |" in text  # curves acc*e/3 reach 0.42 at epoch 3
     assert (out / "bars.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
     report_main([str(tmp_path), "--out", str(tmp_path / "r2")])  # parent folders are searched
     assert "(n=3)" in (tmp_path / "r2" / "report.md").read_text()
