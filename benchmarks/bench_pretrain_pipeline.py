@@ -76,6 +76,22 @@ def pipeline_rate(workdir: str, data: str, over: list) -> float:
     return _rate(run)
 
 
+def pipeline_alone_rate(data: str, batches: int = 60) -> float:
+    """The data path with no training: shards -> samples -> uint8 batches, in this process, one
+    thread. Its inverse is the CPU time per image the DataLoader worker takes from the step."""
+    from pretrain.data import FractalSource
+
+    transforms = make_transforms({"scale": [0.5, 1.0]}, 32, [0.5] * 3, [0.5] * 3, uint8_train=True)
+    source = FractalSource.from_folder(data, {"seed": 0, "data": {"workers": 0, "val_samples": 1}}, transforms,
+                                       BATCH, 0, 1, on_the_fly=False)
+    it = source.train_batches(0, 0)
+    next(it)  # start-up and the shuffle buffer
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * BATCH / (time.perf_counter() - start)
+
+
 def on_the_fly_rate(count: int = 100) -> float:
     spec = DatasetSpec.create("multi", 100_000, 1000, size=224, points=100_000)
     train_tf, _ = make_transforms({"scale": [0.08, 1.0], "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25},
@@ -105,6 +121,10 @@ def main():
         data = os.path.join(workdir, "data")
         spec = DatasetSpec.create("single", 12_800, 100, size=32, points=2000)
         render_dataset(spec, data, shard_size=1600, workers=2, progress=False)
+        torch.set_num_threads(1)
+        alone = pipeline_alone_rate(data)
+        print(f"data path alone (1 process, 1 thread): {alone:.0f} img/s = {1e6 / alone:.0f} us of CPU per image")
+        torch.set_num_threads(2)
         mem, real = [], []
         for _ in range(args.repeats):  # interleaved, medians: the machine's speed drifts between runs
             mem.append(in_memory_rate(workdir, over))
