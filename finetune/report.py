@@ -145,9 +145,7 @@ def _bar_chart(cells, rows, datasets, path):
     ax.set_ylabel(f"{metric} (%), last epoch")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _curves(runs, path):
@@ -170,14 +168,8 @@ def _curves(runs, path):
             epochs = [e for e, _ in curves[0][:n]]
             mean = 100 * np.mean([[v for _, v in c[:n]] for c in curves], 0)
             ax.plot(epochs, mean, "-o", ms=3, label=row.replace(" | ", ": "))
-        ax.set_title(d)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("val accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        _label(ax, d, "epoch", "val accuracy (%)")
+    _save(fig, path)
 
 
 def _budget_plot(runs, path) -> bool:
@@ -214,15 +206,25 @@ def _budget_plot(runs, path) -> bool:
             if scratch:
                 ax.axhline(100 * np.mean(scratch), ls="--", color=line[0].get_color(), label=f"{model}: scratch")
         ax.set_xscale("log")
-        ax.set_title(d)
-        ax.set_xlabel("pretraining images seen")
-        ax.set_ylabel("accuracy (%), last epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, d, "pretraining images seen", "accuracy (%), last epoch")
+    _save(fig, path)
+    return True
+
+
+def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
 
 
 def main(argv=None) -> None:
