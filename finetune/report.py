@@ -26,7 +26,8 @@ def source_name(final: dict) -> str:
 
 
 def _count(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k" if n >= 1e3 else str(n)
+    # 3 significant digits: 781 steps x 128 = 99,968 images reads as "100k"
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else str(n)
 
 
 def dataset_name(final: dict) -> str:
@@ -143,7 +144,7 @@ def _bar_chart(cells, rows, datasets, path):
         ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=stds, capsize=3, label=row.replace(" | ", ": "))
     ax.set_xticks(np.arange(len(datasets)) + width * (len(rows) - 1) / 2, datasets)
     ax.set_ylabel(f"{metric} (%), last epoch")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
 
@@ -153,6 +154,7 @@ def _curves(runs, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     groups = defaultdict(list)
     for r in runs:
@@ -168,6 +170,7 @@ def _curves(runs, path):
             epochs = [e for e, _ in curves[0][:n]]
             mean = 100 * np.mean([[v for _, v in c[:n]] for c in curves], 0)
             ax.plot(epochs, mean, "-o", ms=3, label=row.replace(" | ", ": "))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _label(ax, d, "epoch", "val accuracy (%)")
     _save(fig, path)
 
@@ -206,6 +209,9 @@ def _budget_plot(runs, path) -> bool:
             if scratch:
                 ax.axhline(100 * np.mean(scratch), ls="--", color=line[0].get_color(), label=f"{model}: scratch")
         ax.set_xscale("log")
+        ticks = sorted({n for (dd, _, _), ns in series.items() if dd == d for n in ns})
+        ax.set_xticks(ticks, [_count(n) for n in ticks])
+        ax.minorticks_off()
         _label(ax, d, "pretraining images seen", "accuracy (%), last epoch")
     _save(fig, path)
     return True

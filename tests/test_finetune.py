@@ -16,7 +16,7 @@ from common.models import create_model, export_model
 from finetune import datasets
 from finetune.fewshot import few_shot, ridge_fit, ridge_predict
 from finetune.main import main
-from finetune.report import main as report_main
+from finetune.report import _count, main as report_main
 from tests.conftest import CIFAR_SUBSET, write_cifar10, write_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,6 +198,7 @@ def test_report_draws_accuracy_against_pretraining_budget(tmp_path):
     assert "budget.png" in text and (out / "budget.png").stat().st_size > 1000
     report_main([*runs[:4], "--out", str(tmp_path / "r2")])  # one budget per kind: no budget picture
     assert not (tmp_path / "r2" / "budget.png").exists()
+    assert [_count(n) for n in (99_968, 149_888, 2_048, 1_200_000, 512)] == ["100k", "150k", "2.05k", "1.2M", "512"]
 
 
 def test_bad_inputs(tmp_path, imagefolder):
