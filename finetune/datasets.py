@@ -210,8 +210,30 @@ def load_plant_pathology(root: str, mode: str, val_fraction: float = 0.2, seed: 
 
 
 def load(cfg: dict) -> Split:
-    """The dataset named by cfg['data'] (format, path, and format options)."""
-    data = cfg["data"]
+    """The dataset named by cfg['data'] (format, path, and format options); with data.holdout, a
+    fraction of the training images replaces the evaluation split (tuning never sees test images)."""
+    split = _load_format(cfg["data"])
+    holdout = cfg["data"].get("holdout")
+    if holdout:
+        if not 0 < float(holdout) < 1:
+            raise UserError(f"data.holdout={holdout}: give the fraction of training images to hold out, e.g. 0.1")
+        split = holdout_split(split, float(holdout), int(cfg["data"].get("split_seed", 0)))
+    return split
+
+
+def holdout_split(split: Split, fraction: float, seed: int) -> Split:
+    """The training set cut in two, stratified by target: (rest, held out) become (train, val)."""
+    train = split.train
+    targets = [str(np.asarray(t).tolist()) for t in train.targets]  # multi-hot targets group by label set
+    keep, held = stratified_split(targets, fraction, seed)
+    if isinstance(train, ArrayImages):
+        part = lambda idx: ArrayImages(train.images[idx], np.asarray(train.targets)[idx])  # noqa: E731
+    else:
+        part = lambda idx: FileImages([train.paths[i] for i in idx], [train.targets[i] for i in idx])  # noqa: E731
+    return Split(part(keep), part(held), split.classes, split.multilabel)
+
+
+def _load_format(data: dict) -> Split:
     fmt, path = data["format"], data.get("path")
     if not path:
         raise UserError("no dataset path: pass --data PATH")

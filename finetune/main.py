@@ -180,6 +180,7 @@ def _outputs(cfg, run_dir, history, cm, split, total, trainable):
     final = {"mode": cfg["mode"], "model": cfg["model"], "init": cfg["init"], "dataset": cfg["data"]["format"],
              "augment": cfg["augment"], "pretrain_source": cfg.get("pretrain_source"), "seed": cfg["seed"],
              "train_images": cfg["data"].get("train_per_class") and cfg["data"]["train_per_class"] * len(split.classes),
+             "holdout": cfg["data"].get("holdout"),  # evaluated on held-out training images, not the test split
              "parameters": total, "trainable_parameters": trainable, "epochs": len(history),
              "last_epoch": pick(history[-1]), "best_epoch": pick(best),
              "note": "last_epoch is the result; best_epoch is selected on the validation split and reported as an extra"}

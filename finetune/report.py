@@ -31,8 +31,11 @@ def _count(n: int) -> str:
 
 
 def dataset_name(final: dict) -> str:
-    name = final["dataset"]
-    return f"{name} ({final['train_images']} img)" if final.get("train_images") else name
+    """cifar10, "cifar10 (1000 img)"; runs evaluated on held-out training images never share a column
+    with test-split runs: "cifar10 (holdout 0.1)"."""
+    extras = [f"{final['train_images']} img"] if final.get("train_images") else []
+    extras += [f"holdout {final['holdout']:g}"] if final.get("holdout") else []
+    return f"{final['dataset']} ({', '.join(extras)})" if extras else final["dataset"]
 
 
 def load_runs(paths: list) -> list:

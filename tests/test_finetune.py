@@ -16,7 +16,7 @@ from common.models import create_model, export_model
 from finetune import datasets
 from finetune.fewshot import few_shot, ridge_fit, ridge_predict
 from finetune.main import main
-from finetune.report import _count, main as report_main
+from finetune.report import _count, dataset_name, main as report_main
 from tests.conftest import CIFAR_SUBSET, write_cifar10, write_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +33,24 @@ def test_cifar10_reader(tmp_path):
     # planes R, G, B of the pickle become the channels of the image
     raw = pickle.load(open(os.path.join(root, "cifar-10-batches-py", "data_batch_1"), "rb"), encoding="latin1")
     assert np.array_equal(np.asarray(image)[..., 1].ravel(), raw["data"][0][1024:2048])
+
+
+def test_holdout_replaces_the_test_split_with_training_images(tmp_path):
+    root = write_cifar10(str(tmp_path), per_batch=20)  # 100 training images, 10 per class
+    full = datasets.load_cifar10(root)
+    data = {"format": "cifar10", "path": root, "holdout": 0.2, "split_seed": 3}
+    split = datasets.load({"data": data})
+    assert len(split.train) == 80 and len(split.val) == 20
+    assert np.bincount(split.val.targets, minlength=10).tolist() == [2] * 10  # stratified
+    # the two parts are the training images, disjoint, and none of them is a test image
+    rows = lambda ds: {ds.images[i].tobytes() for i in range(len(ds))}  # noqa: E731
+    assert rows(split.train) | rows(split.val) == rows(full.train) and not rows(split.train) & rows(split.val)
+    assert not rows(split.val) & rows(full.val)
+    again = datasets.load({"data": dict(data)})
+    assert np.array_equal(again.val.images, split.val.images)  # seeded
+    with pytest.raises(UserError, match="holdout"):
+        datasets.load({"data": {**data, "holdout": 1.5}})
+    assert dataset_name({"dataset": "cifar10", "train_images": 1000, "holdout": 0.1}) == "cifar10 (1000 img, holdout 0.1)"
 
 
 @pytest.mark.skipif(not os.path.isdir(CIFAR_SUBSET), reason="../shared/datasets/cifar10-subset is not on this machine")
