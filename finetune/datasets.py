@@ -47,6 +47,9 @@ class ArrayImages(torch.utils.data.Dataset):
         target = torch.tensor(target, dtype=torch.float32) if np.ndim(target) else torch.tensor(int(target))
         return (self.transform(image) if self.transform else image), target
 
+    def take(self, idx: list) -> "ArrayImages":
+        return ArrayImages(self.images[idx], np.asarray(self.targets)[idx])
+
 
 class FileImages(torch.utils.data.Dataset):
     def __init__(self, paths: list, targets: list, transform=None):
@@ -61,6 +64,9 @@ class FileImages(torch.utils.data.Dataset):
         target = self.targets[i]
         target = torch.tensor(target, dtype=torch.float32) if np.ndim(target) else torch.tensor(int(target))
         return (self.transform(image) if self.transform else image), target
+
+    def take(self, idx: list) -> "FileImages":
+        return FileImages([self.paths[i] for i in idx], [self.targets[i] for i in idx])
 
 
 def _unpickle(path: str) -> dict:
@@ -205,32 +211,25 @@ def load_plant_pathology(root: str, mode: str, val_fraction: float = 0.2, seed: 
             raise UserError(f"{csv_path} lists {r['image']} but {src} does not exist")
         paths.append(_cached(src, cache_dir, cache_size))
     train, val = stratified_split(label_strings, val_fraction, seed)
-    pick = lambda idx: FileImages([paths[i] for i in idx], [targets[i] for i in idx])  # noqa: E731
-    return Split(pick(train), pick(val), classes, mode == "multilabel")
+    every = FileImages(paths, targets)
+    return Split(every.take(train), every.take(val), classes, mode == "multilabel")
 
 
 def load(cfg: dict) -> Split:
     """The dataset named by cfg['data'] (format, path, and format options); with data.holdout, a
     fraction of the training images replaces the evaluation split (tuning never sees test images)."""
-    split = _load_format(cfg["data"])
     holdout = cfg["data"].get("holdout")
-    if holdout:
-        if not 0 < float(holdout) < 1:
-            raise UserError(f"data.holdout={holdout}: give the fraction of training images to hold out, e.g. 0.1")
-        split = holdout_split(split, float(holdout), int(cfg["data"].get("split_seed", 0)))
-    return split
+    if holdout and not (isinstance(holdout, (int, float)) and 0 < holdout < 1):  # checked before any image is read
+        raise UserError(f"data.holdout={holdout}: give the fraction of training images to hold out, e.g. 0.1")
+    split = _load_format(cfg["data"])
+    return holdout_split(split, holdout, int(cfg["data"].get("split_seed", 0))) if holdout else split
 
 
 def holdout_split(split: Split, fraction: float, seed: int) -> Split:
     """The training set cut in two, stratified by target: (rest, held out) become (train, val)."""
-    train = split.train
-    targets = [str(np.asarray(t).tolist()) for t in train.targets]  # multi-hot targets group by label set
-    keep, held = stratified_split(targets, fraction, seed)
-    if isinstance(train, ArrayImages):
-        part = lambda idx: ArrayImages(train.images[idx], np.asarray(train.targets)[idx])  # noqa: E731
-    else:
-        part = lambda idx: FileImages([train.paths[i] for i in idx], [train.targets[i] for i in idx])  # noqa: E731
-    return Split(part(keep), part(held), split.classes, split.multilabel)
+    groups = [str(np.asarray(t).tolist()) for t in split.train.targets]  # multi-hot targets group by label set
+    keep, held = stratified_split(groups, fraction, seed)
+    return Split(split.train.take(keep), split.train.take(held), split.classes, split.multilabel)
 
 
 def _load_format(data: dict) -> Split:
