@@ -49,23 +49,23 @@ def _keys(cfg: dict, prefix: str = "") -> list[str]:
 
 
 def apply_override(cfg: dict, text: str) -> None:
-    """Apply one `a.b=value` (value parsed as YAML) to cfg; the key must already exist."""
+    """Apply one `a.b=value` (value parsed as YAML) to cfg; the key must already exist. A key may itself
+    hold dots (a study's `finetune.overrides.optim.lr` reaches the key "optim.lr")."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise UserError(f"override {text!r} must look like key=value")
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
+    node, rest = cfg, key
+    while not (isinstance(node, dict) and rest in node):
+        head, dot, tail = rest.partition(".")
+        if not dot or not isinstance(node, dict) or head not in node:
             close = difflib.get_close_matches(key, _keys(cfg), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise UserError(f"config has no key {key!r}{hint}")
-        if i < len(parts) - 1:
-            node = node[part]
+        node, rest = node[head], tail
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[rest] = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
-        node[parts[-1]] = raw
+        node[rest] = raw
 
 
 def load_config(path: str, overrides: list[str] = ()) -> dict:
@@ -75,9 +75,9 @@ def load_config(path: str, overrides: list[str] = ()) -> dict:
     return cfg
 
 
-def save_config(cfg: dict, run_dir: str) -> str:
+def save_config(cfg: dict, run_dir: str, name: str = "config.yaml") -> str:
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "config.yaml")
+    path = os.path.join(run_dir, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)

@@ -2,10 +2,14 @@
 from-scratch twin on a real dataset, and report.
 
     python -m finetune.study --config configs/study/cifar10_cpu.yaml --data PATH --out DIR [--quick]
+        [--holdout 0.1] [key=value ...]
 
 Every step is an ordinary `fractalgen` / `pretrain` / `finetune` command (all of them are written to
 DIR/commands.sh, so any step can be re-run by hand); the study only chains them. A step whose output
-is complete is skipped, so re-running the same command resumes where it stopped.
+is complete is skipped, so re-running the same command resumes where it stopped. The resolved study
+config is DIR/study.yaml; resuming under a different one is refused (finished steps would otherwise be
+reused silently). --holdout tunes the study without the test split: every fine-tuning run is then
+evaluated on that fraction of the training images, held out.
 """
 
 import os
@@ -16,11 +20,11 @@ import time
 
 import yaml
 
-from common.config import merge
+from common.config import apply_override, merge, save_config
 from common.errors import ArgumentParser, UserError, run_main
 
 
-def load_study(path: str, quick: bool) -> dict:
+def load_study(path: str, quick: bool, overrides: list[str] = (), holdout: float | None = None) -> dict:
     try:
         with open(path) as f:
             study = yaml.safe_load(f)
@@ -32,7 +36,25 @@ def load_study(path: str, quick: bool) -> dict:
     for key in ("render", "pretrain", "finetune"):
         if key not in study:
             raise UserError(f"study config {path} has no {key!r} section")
+    for text in overrides:
+        apply_override(study, text)
+    if holdout is not None:
+        if not 0 < holdout < 1:
+            raise UserError(f"--holdout {holdout} must be a fraction between 0 and 1, e.g. 0.1")
+        study["finetune"]["overrides"] = {**(study["finetune"].get("overrides") or {}), "data.holdout": holdout}
     return study
+
+
+def claim_folder(study: dict, out: str) -> None:
+    """Write the resolved config as OUT/study.yaml, or check it against the one a previous run left."""
+    path = os.path.join(out, "study.yaml")
+    if os.path.exists(path):
+        with open(path) as f:
+            if yaml.safe_load(f) != study:
+                raise UserError(f"{out} holds a study run with another config ({path}); pass a new --out, "
+                                f"or delete {out} to start over")
+    else:
+        save_config(study, out, name="study.yaml")
 
 
 def _yaml_value(value) -> str:
@@ -194,10 +216,16 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="the short smoke-check variant (the config's quick: block)")
     ap.add_argument("--jobs", type=int, default=None,
                     help="steps run side by side, sharing the cores (default: the config's jobs, else 1)")
+    ap.add_argument("--holdout", type=float, default=None,
+                    help="evaluate every fine-tuning run on this fraction of the training images, held out "
+                         "(to tune the study without the test split)")
+    ap.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="changes to the study config, e.g. render.common.classes=100")
     args = ap.parse_args(argv)
     if not os.path.exists(args.data):
         raise UserError(f"--data {args.data} does not exist; pass the folder of the fine-tuning dataset")
-    study = load_study(args.config, args.quick)
+    study = load_study(args.config, args.quick, args.overrides, args.holdout)
+    claim_folder(study, args.out)
     s = Study(study, args.data, args.out, jobs=args.jobs or int(study.get("jobs", 1)))
     start = time.time()
     folders = s.render()

@@ -39,3 +39,36 @@ def test_quick_study_chains_the_stages_and_resumes(tmp_path):
     assert any("fractalgen render" in c for c in commands) and any("pretrain.main" in c for c in commands)
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)  # resumes: nothing to redo
     assert again.returncode == 0 and again.stdout.count("done already") == 3 + 3 + 5
+
+
+def test_study_overrides_holdout_and_resolved_config(tmp_path):
+    from finetune.study import claim_folder, load_study
+
+    study = load_study(os.path.join(ROOT, "configs/study/cifar10_cpu.yaml"), quick=True,
+                       overrides=["render.common.classes=7", "finetune.overrides.optim.lr=0.001"], holdout=0.1)
+    assert study["render"]["common"]["classes"] == 7
+    assert study["finetune"]["overrides"]["optim.lr"] == 0.001  # a dotted key inside a section
+    assert study["finetune"]["overrides"]["data.holdout"] == 0.1
+    claim_folder(study, str(tmp_path))
+    claim_folder(study, str(tmp_path))  # the same config resumes
+    import yaml
+    assert yaml.safe_load((tmp_path / "study.yaml").read_text()) == study
+
+
+def test_study_refuses_to_resume_under_another_config(tmp_path):
+    from finetune.study import claim_folder, load_study
+
+    data = write_cifar10(str(tmp_path / "cifar"))
+    out = tmp_path / "study"
+    claim_folder(load_study(os.path.join(ROOT, "configs/study/cifar10_cpu.yaml"), quick=True), str(out))
+    for extra in (["render.common.classes=7"], ["--holdout", "0.1"]):
+        result = subprocess.run([sys.executable, "-m", "finetune.study", "--config", "configs/study/cifar10_cpu.yaml",
+                                 "--data", data, "--out", str(out), "--quick", *extra],
+                                capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+        assert "another config" in result.stderr and not (out / "data").exists()
+    bad = subprocess.run([sys.executable, "-m", "finetune.study", "--config", "configs/study/cifar10_cpu.yaml",
+                          "--data", data, "--out", str(tmp_path / "other"), "--holdout", "1.5"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--holdout 1.5" in bad.stderr and not (tmp_path / "other").exists()
