@@ -219,10 +219,16 @@ def load(cfg: dict) -> Split:
     """The dataset named by cfg['data'] (format, path, and format options); with data.holdout, a
     fraction of the training images replaces the evaluation split (tuning never sees test images)."""
     holdout = cfg["data"].get("holdout")
-    if holdout and not (isinstance(holdout, (int, float)) and 0 < holdout < 1):  # checked before any image is read
-        raise UserError(f"data.holdout={holdout}: give the fraction of training images to hold out, e.g. 0.1")
+    if holdout:
+        check_holdout(holdout, f"data.holdout={holdout}")  # before any image is read
     split = _load_format(cfg["data"])
     return holdout_split(split, holdout, int(cfg["data"].get("split_seed", 0))) if holdout else split
+
+
+def check_holdout(value, given: str) -> None:
+    """A holdout must be a fraction strictly between 0 and 1; `given` is how the user wrote it."""
+    if not (isinstance(value, (int, float)) and 0 < value < 1):
+        raise UserError(f"{given}: give the fraction of training images to hold out, between 0 and 1, e.g. 0.1")
 
 
 def holdout_split(split: Split, fraction: float, seed: int) -> Split:

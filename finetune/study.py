@@ -39,8 +39,9 @@ def load_study(path: str, quick: bool, overrides: list[str] = (), holdout: float
     for text in overrides:
         apply_override(study, text)
     if holdout is not None:
-        if not 0 < holdout < 1:
-            raise UserError(f"--holdout {holdout} must be a fraction between 0 and 1, e.g. 0.1")
+        from finetune.datasets import check_holdout  # here: the chaining process otherwise never loads torch
+
+        check_holdout(holdout, f"--holdout {holdout}")  # now, not after the renders and pretraining
         study["finetune"]["overrides"] = {**(study["finetune"].get("overrides") or {}), "data.holdout": holdout}
     return study
 
