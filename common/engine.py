@@ -222,7 +222,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()), logits.detach()
 
-    def fit(self, batches_for_epoch, evaluate=None, eval_every_epochs: int = 1, checkpoint_every: int = 0,
+    def fit(self, batches_for_epoch, evaluate=None, eval_every_epochs: float = 1, checkpoint_every: int = 0,
             on_epoch_end=None, key_log: str | None = None, finish_batch=None) -> None:
         """Train to the end. batches_for_epoch(epoch, skip) yields (images, targets, keys), skipping
         the first `skip` batches of that epoch (for resume). finish_batch(images), if given, turns them
@@ -234,6 +234,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)  # quiet in logs
         seen_t, seen_n = time.time(), 0
         loss_avg = None
+        within = max(1, round(self.steps_per_epoch * eval_every_epochs)) if eval_every_epochs < 1 else 0
         try:
             while p.epoch < self.epochs:
                 self.train_mode(self.model)
@@ -269,6 +270,14 @@ class Trainer:
                         self.save_checkpoint()
                     if p.step_in_epoch >= self.steps_per_epoch:
                         break
+                    if evaluate is not None and within and p.step_in_epoch % within == 0:
+                        # eval_every below 1 (e.g. 0.5): also inside the epoch, at a fractional epoch
+                        record = {"step": p.step, "epoch": round(p.epoch + p.step_in_epoch / self.steps_per_epoch, 3),
+                                  **evaluate(self.model)}
+                        if on_epoch_end is not None:
+                            on_epoch_end(record)
+                        self.log(record)
+                        self.train_mode(self.model)
                 p.epoch += 1
                 p.step_in_epoch = 0
                 record = {"step": p.step, "epoch": p.epoch, "train_loss_avg": loss_avg}

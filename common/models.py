@@ -108,16 +108,17 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, init:
 
 
 def export_model(model: torch.nn.Module, run_dir: str, sidecar: dict) -> str:
-    """Write run_dir/model.safetensors and its model.json sidecar, each atomically."""
+    """Write run_dir/model.json and model.safetensors, each atomically; the weights last, so their
+    presence means the hand-off is complete (the study starts fine-tuning when they appear)."""
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "model.safetensors")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
-    os.replace(path + ".tmp", path)
     side = os.path.join(run_dir, SIDECAR)
     with open(side + ".tmp", "w") as f:
         json.dump(sidecar, f, indent=1, sort_keys=True)
     os.replace(side + ".tmp", side)
+    path = os.path.join(run_dir, "model.safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
+    os.replace(path + ".tmp", path)
     return path
 
 

@@ -160,7 +160,7 @@ def main(argv=None) -> None:
         last_confusion["cm"] = result.pop("confusion", None)
         return result
 
-    trainer.fit(batches, evaluate=validate, eval_every_epochs=int(cfg.get("eval_every", 1)),
+    trainer.fit(batches, evaluate=validate, eval_every_epochs=float(cfg.get("eval_every", 1)),
                 checkpoint_every=int(cfg.get("checkpoint_every", 0)), on_epoch_end=history.append)
 
     if acc.is_main_process:
@@ -181,7 +181,7 @@ def _outputs(cfg, run_dir, history, cm, split, total, trainable):
              "augment": cfg["augment"], "pretrain_source": cfg.get("pretrain_source"), "seed": cfg["seed"],
              "train_images": cfg["data"].get("train_per_class") and cfg["data"]["train_per_class"] * len(split.classes),
              "holdout": cfg["data"].get("holdout"),  # evaluated on held-out training images, not the test split
-             "parameters": total, "trainable_parameters": trainable, "epochs": len(history),
+             "parameters": total, "trainable_parameters": trainable, "epochs": int(cfg["epochs"]),
              "last_epoch": pick(history[-1]), "best_epoch": pick(best),
              "note": "last_epoch is the result; best_epoch is selected on the validation split and reported as an extra"}
     _write_json(os.path.join(run_dir, "final.json"), final)

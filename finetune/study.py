@@ -74,22 +74,29 @@ class Study:
         self.log = open(os.path.join(out, "commands.sh"), "a")
 
     def run(self, cmd: list[str], done_marker: str) -> None:
-        self.run_all([(cmd, done_marker)])
+        self.run_all([(cmd, done_marker, None)])
 
     def run_all(self, steps: list) -> None:
-        """Run (cmd, done_marker) steps, `jobs` at a time, skipping those whose output is complete.
+        """Run (cmd, done_marker, needs) steps, `jobs` at a time, skipping those whose output is complete.
+        A step starts once the marker it needs exists (a fine-tune waits only for its own pretraining,
+        so scratch twins fill the slots pretraining leaves idle); otherwise steps start in list order.
         Parallel steps split the cores between them (OMP_NUM_THREADS) and log to DIR/logs/."""
         todo = []
-        for cmd, marker in steps:
+        for cmd, marker, needs in steps:
             if os.path.exists(marker):
                 print(f"[study] done already: {shlex.join(cmd)}", flush=True)
             else:
-                todo.append((cmd, marker))
+                todo.append((cmd, marker, needs))
         running, failed = [], []
         while todo or running:
-            while todo and len(running) < self.jobs and not failed:
-                cmd, marker = todo.pop(0)
-                running.append(self._start(cmd, marker))
+            while len(running) < self.jobs and not failed:
+                ready = [step for step in todo if step[2] is None or os.path.exists(step[2])]
+                if not ready:
+                    break
+                todo.remove(ready[0])
+                running.append(self._start(*ready[0][:2]))
+            if not running and not failed:  # nothing runs and nothing can start: a need no step makes
+                raise UserError(f"study step waits for {todo[0][2]}, which no step produces")
             time.sleep(0.5)
             for job in [j for j in running if j["proc"].poll() is not None]:
                 running.remove(job)
@@ -137,12 +144,14 @@ class Study:
             folders[kind] = folder
         return folders
 
-    def pretrain(self, folders: dict) -> dict:
+    def pretrain_steps(self, folders: dict) -> tuple[list, dict]:
         """One run per (job, kind), plus the budget runs: the same pretraining at other numbers of
-        images (data.train_samples). Returns {(job, source): weights} with sources like `single` and
-        `single-25k`."""
+        images (data.train_samples). Returns the steps, most images first (the longest runs start
+        first, so they do not finish alone at the end), and {(job, source): weights} with sources like
+        `single` and `single-300k`."""
         steps, checkpoints = [], {}
         budget = self.study.get("budget") or {}
+        default_n = int(self.study["render"].get("common", {}).get("n", 0))
         for job in self.study["pretrain"]:
             runs = [(kind, kind, {}) for kind in job["kinds"]]
             if budget.get("job") == job["name"]:
@@ -150,18 +159,20 @@ class Study:
                          for n in budget["images"]]
             for kind, source, extra in runs:
                 run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
-                steps.append(([sys.executable, "-m", "pretrain.main", "--config", job["config"], "--data",
-                               folders[kind], "--out", run_dir, *_overrides({**job.get("overrides", {}), **extra})],
-                              os.path.join(run_dir, "model.safetensors")))
+                images = extra.get("data.train_samples", default_n)
+                steps.append((images, [sys.executable, "-m", "pretrain.main", "--config", job["config"], "--data",
+                                       folders[kind], "--out", run_dir,
+                                       *_overrides({**job.get("overrides", {}), **extra})],
+                              os.path.join(run_dir, "model.safetensors"), None))
                 checkpoints[(job["name"], source)] = os.path.join(run_dir, "model.safetensors")
-        self.run_all(steps)
-        return checkpoints
+        steps.sort(key=lambda step: -step[0])  # stable: config order among equals
+        return [step[1:] for step in steps], checkpoints
 
-    def finetune(self, checkpoints: dict) -> list[str]:
+    def finetune_steps(self, checkpoints: dict) -> tuple[list, list[str]]:
         """Every regime, model, source (scratch first) and seed; regimes in config order, so a stopped
         study already holds complete tables for the first regimes. A regime's `only` list (e.g.
         [vit-scratch, vit-single]) limits it to those model-source pairs; budget runs are fine-tuned
-        in the regimes the budget section names."""
+        in the regimes the budget section names. Each step needs the weights it starts from."""
         cfg = self.study["finetune"]
         budget = self.study.get("budget") or {}
         steps, runs = [], []
@@ -179,17 +190,16 @@ class Study:
                         continue
                     for seed in cfg["seeds"]:
                         run_dir = os.path.join(self.out, "finetune", regime, f"{job['name']}-{source}-s{seed}")
-                        init = "scratch" if source == "scratch" else checkpoints[(job["name"], source)]
+                        init = None if source == "scratch" else checkpoints[(job["name"], source)]
                         over = {**(job.get("finetune_overrides") or {}), **(cfg.get("overrides") or {}),
                                 **regime_over, "seed": seed}
                         if source == "scratch":
                             over.update(job.get("scratch_overrides") or {})
                         steps.append(([sys.executable, "-m", "finetune.main", "--config", cfg["config"], "--data",
-                                       self.data, "--init", init, "--out", run_dir, *_overrides(over)],
-                                      os.path.join(run_dir, "final.json")))
+                                       self.data, "--init", init or "scratch", "--out", run_dir, *_overrides(over)],
+                                      os.path.join(run_dir, "final.json"), init))
                         runs.append(run_dir)
-        self.run_all(steps)
-        return runs
+        return steps, runs
 
     def report(self, runs: list[str]) -> str:
         report_dir = os.path.join(self.out, "report")
@@ -230,8 +240,9 @@ def main(argv=None) -> None:
     s = Study(study, args.data, args.out, jobs=args.jobs or int(study.get("jobs", 1)))
     start = time.time()
     folders = s.render()
-    checkpoints = s.pretrain(folders)
-    runs = s.finetune(checkpoints)
+    pretrain_steps, checkpoints = s.pretrain_steps(folders)
+    finetune_steps, runs = s.finetune_steps(checkpoints)
+    s.run_all(pretrain_steps + finetune_steps)
     report_dir = s.report(runs)
     print(f"[study] done in {(time.time() - start) / 60:.1f} min; report: {report_dir}/report.md, "
           f"commands: {os.path.join(args.out, 'commands.sh')}")

@@ -129,6 +129,17 @@ def test_every_mode_runs(tmp_path, imagefolder, mode):
     assert np.loadtxt(os.path.join(run, "confusion.csv"), delimiter=",").sum() == 12  # 3 classes x 4 val images
 
 
+def test_eval_every_half_epoch_evaluates_inside_epochs(tmp_path, imagefolder):
+    run = str(tmp_path / "run")
+    main(["--config", CFG, "--data", imagefolder, "--out", run, *QUICK, "batch_size=2", "eval_every=0.5"])
+    lines = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    evaluated = [r for r in lines if "val_acc" in r]
+    assert [r["epoch"] for r in evaluated] == [0.5, 1, 1.5, 2]
+    assert [r["step"] for r in evaluated] == sorted({r["step"] for r in evaluated})  # in order, once each
+    final = json.load(open(os.path.join(run, "final.json")))
+    assert final["epochs"] == 2 and final["last_epoch"]["epoch"] == 2 and "train_acc" in final["last_epoch"]
+
+
 def test_linear_probe_leaves_backbone_bit_identical(tmp_path, imagefolder):
     pre = tmp_path / "pre"
     base = create_model("test_resnet", 5, img_size=32)  # a CNN: BatchNorm statistics must not move either

@@ -72,3 +72,26 @@ def test_study_refuses_to_resume_under_another_config(tmp_path):
                           "--data", data, "--out", str(tmp_path / "other"), "--holdout", "1.5"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--holdout 1.5" in bad.stderr and not (tmp_path / "other").exists()
+
+
+def test_steps_wait_for_what_they_need_and_others_fill_the_slots(tmp_path):
+    """Two slots: a long step, a step that needs its output, and free steps. The needing step starts
+    only once the output exists; the free steps run meanwhile instead of waiting behind it."""
+    from common.errors import UserError
+    from finetune.study import Study
+
+    def step(name, seconds, needs=None):
+        marker = tmp_path / name / "done"
+        code = (f"import os, time; t = time.time(); time.sleep({seconds}); os.makedirs({str(marker.parent)!r}, "
+                f"exist_ok=True); open({str(marker)!r}, 'w').write(f'{{t}} {{time.time()}}')")
+        return [sys.executable, "-c", code], str(marker), needs and str(tmp_path / needs / "done")
+
+    s = Study({}, data="", out=str(tmp_path), jobs=2)
+    s.run_all([step("pretrain", 3), step("finetune", 0, needs="pretrain"), step("scratch1", 0.5),
+               step("scratch2", 0.5)])
+    span = {n: [float(x) for x in (tmp_path / n / "done").read_text().split()]
+            for n in ("pretrain", "finetune", "scratch1", "scratch2")}
+    assert span["finetune"][0] >= span["pretrain"][1]  # started after its weights appeared
+    assert span["scratch2"][1] <= span["pretrain"][1]  # both free steps ran beside the long one
+    with pytest.raises(UserError, match="no step produces"):
+        s.run_all([step("orphan", 0, needs="nothing")])
