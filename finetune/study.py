@@ -191,7 +191,8 @@ class Study:
                     for seed in cfg["seeds"]:
                         run_dir = os.path.join(self.out, "finetune", regime, f"{job['name']}-{source}-s{seed}")
                         init = None if source == "scratch" else checkpoints[(job["name"], source)]
-                        over = {**(job.get("finetune_overrides") or {}), **(cfg.get("overrides") or {}),
+                        # the shared recipe, refined per model (e.g. its lr), then per regime
+                        over = {**(cfg.get("overrides") or {}), **(job.get("finetune_overrides") or {}),
                                 **regime_over, "seed": seed}
                         if source == "scratch":
                             over.update(job.get("scratch_overrides") or {})

@@ -95,3 +95,24 @@ def test_steps_wait_for_what_they_need_and_others_fill_the_slots(tmp_path):
     assert span["scratch2"][1] <= span["pretrain"][1]  # both free steps ran beside the long one
     with pytest.raises(UserError, match="no step produces"):
         s.run_all([step("orphan", 0, needs="nothing")])
+
+
+def test_finetune_recipe_shared_then_per_model_then_per_regime(tmp_path):
+    from finetune.study import Study
+
+    study = {"pretrain": [{"name": "vit", "kinds": ["single"]},
+                          {"name": "resnet", "kinds": ["single"], "finetune_overrides": {"optim.lr": 0.002}}],
+             "finetune": {"config": "c.yaml", "seeds": [0], "overrides": {"optim.lr": 0.0005, "epochs": 9},
+                          "regimes": {"low": {"epochs": 20}, "full": {"epochs": 3, "only": ["resnet-single"]}}}}
+    s = Study(study, data="d", out=str(tmp_path))
+    steps, runs = s.finetune_steps({("vit", "single"): "v.safetensors", ("resnet", "single"): "r.safetensors"})
+    by_run = {os.path.relpath(r, tmp_path): cmd for (cmd, _, _), r in zip(steps, runs)}
+    assert sorted(by_run) == sorted(["finetune/low/vit-scratch-s0", "finetune/low/vit-single-s0",
+                                     "finetune/low/resnet-scratch-s0", "finetune/low/resnet-single-s0",
+                                     "finetune/full/resnet-single-s0"])
+    assert "optim.lr=0.0005" in by_run["finetune/low/vit-single-s0"]
+    for run in ("finetune/low/resnet-scratch-s0", "finetune/full/resnet-single-s0"):  # the model's lr, both twins
+        assert "optim.lr=0.002" in by_run[run] and "optim.lr=0.0005" not in by_run[run]
+    assert "epochs=3" in by_run["finetune/full/resnet-single-s0"]
+    needs = {os.path.relpath(r, tmp_path): n for (_, _, n), r in zip(steps, runs)}
+    assert needs["finetune/low/vit-scratch-s0"] is None and needs["finetune/low/vit-single-s0"] == "v.safetensors"
