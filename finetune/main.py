@@ -46,8 +46,10 @@ def resolve(args) -> dict:
     cfg["run_dir"] = args.out or os.path.join("runs", "finetune", os.path.splitext(os.path.basename(args.config))[0])
     if cfg["mode"] not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}, got {cfg['mode']!r}")
-    if float(cfg.get("eval_every", 1)) <= 0:
-        raise UserError(f"eval_every must be above 0 (epochs between validations, e.g. 1 or 0.5), got {cfg['eval_every']}")
+    eval_every = cfg.get("eval_every", 1)
+    if isinstance(eval_every, bool) or not isinstance(eval_every, (int, float)) or eval_every <= 0:
+        raise UserError(f"eval_every must be a number above 0 (epochs between validations, e.g. 1 or 0.5), "
+                        f"got {eval_every!r}")
     sidecar = read_sidecar(args.init) if args.init != "scratch" else None
     if args.init != "scratch" and not os.path.exists(args.init):
         raise UserError(f"--init {args.init} does not exist; pass scratch or a weights file")

@@ -146,9 +146,9 @@ class Study:
 
     def pretrain_steps(self, folders: dict) -> tuple[list, dict]:
         """One run per (job, kind), plus the budget runs: the same pretraining at other numbers of
-        images (data.train_samples). Returns the steps, most images first (the longest runs start
-        first, so they do not finish alone at the end), and {(job, source): weights} with sources like
-        `single` and `single-300k`."""
+        images (data.train_samples). Returns the steps, and {(job, source): weights} with sources like
+        `single` and `single-300k`. Budget runs larger than the render start first (so the longest run
+        does not finish alone at the end); the rest keep config order."""
         steps, checkpoints = [], {}
         budget = self.study.get("budget") or {}
         default_n = int(self.study["render"].get("common", {}).get("n", 0))

@@ -138,9 +138,10 @@ def test_eval_every_half_epoch_evaluates_inside_epochs(tmp_path, imagefolder):
     assert [r["step"] for r in evaluated] == sorted({r["step"] for r in evaluated})  # in order, once each
     final = json.load(open(os.path.join(run, "final.json")))
     assert final["epochs"] == 2 and final["last_epoch"]["epoch"] == 2 and "train_acc" in final["last_epoch"]
-    with pytest.raises(UserError, match="eval_every must be above 0"):
-        main(["--config", CFG, "--data", imagefolder, "--out", str(tmp_path / "bad"), *QUICK, "eval_every=0"])
-    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    for bad in ("eval_every=0", "eval_every=abc"):
+        with pytest.raises(UserError, match="eval_every must be a number above 0"):
+            main(["--config", CFG, "--data", imagefolder, "--out", str(tmp_path / "bad"), *QUICK, bad])
+        assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_linear_probe_leaves_backbone_bit_identical(tmp_path, imagefolder):
