@@ -200,6 +200,14 @@ class Trainer:
         result.pop("confusion", None)
         return {"train_loss": float(loss), **{f"train_{k}": v for k, v in result.items()}}
 
+    def _pipeline_figures(self, wait_s: float, window_s: float) -> dict:
+        """data_wait: share of the window's wall time the loop waited for the next batch (the step
+        syncs on the loss, so this is time the device sat idle); max_mem_gib: peak device memory."""
+        out = {"data_wait": round(wait_s / max(window_s, 1e-9), 4)}
+        if self.acc.device.type == "cuda":
+            out["max_mem_gib"] = round(torch.cuda.max_memory_allocated(self.acc.device) / 2**30, 3)
+        return out
+
     def train_step(self, images, targets):
         """One forward/backward/update; returns (loss, logits)."""
         if self.mixup is not None and images.shape[0] % 2 == 0:
@@ -233,13 +241,16 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=p.step, disable=not self.acc.is_main_process, unit="step",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)  # quiet in logs
         seen_t, seen_n = time.time(), 0
+        wait_s, window_t = 0.0, time.perf_counter()  # time spent waiting for batches in this log window
         loss_avg = None
         within = max(1, round(self.steps_per_epoch * eval_every_epochs)) if eval_every_epochs < 1 else 0
         try:
             while p.epoch < self.epochs:
                 self.train_mode(self.model)
                 seen_logits, seen_targets = [], []
+                ready = time.perf_counter()
                 for images, targets, keys in batches_for_epoch(p.epoch, p.step_in_epoch):
+                    wait_s += time.perf_counter() - ready
                     if key_log:
                         with open(key_log, "a") as f:
                             f.write("".join(f"{p.step} {k}\n" for k in keys))
@@ -264,8 +275,10 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_avg:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
                     if p.step % int(self.cfg.get("log_every", 20)) == 0:
+                        now = time.perf_counter()
                         self.log({"step": p.step, "epoch": p.epoch, "train_loss": loss, "lr": lr, "img_per_s": rate,
-                                  "time": round(time.time(), 3)})
+                                  "time": round(time.time(), 3), **self._pipeline_figures(wait_s, now - window_t)})
+                        wait_s, window_t = 0.0, now
                     if checkpoint_every and p.step % checkpoint_every == 0 and p.step_in_epoch < self.steps_per_epoch:
                         self.save_checkpoint()
                     if p.step_in_epoch >= self.steps_per_epoch:
@@ -278,6 +291,7 @@ class Trainer:
                             on_epoch_end(record)
                         self.log(record)
                         self.train_mode(self.model)
+                    ready = time.perf_counter()
                 p.epoch += 1
                 p.step_in_epoch = 0
                 record = {"step": p.step, "epoch": p.epoch, "train_loss_avg": loss_avg}
