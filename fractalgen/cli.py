@@ -8,7 +8,7 @@ import sys
 from . import __version__
 from .card import check_shard, load_card
 from .errors import UserError
-from .kinds import KINDS, DatasetSpec, render_sample
+from .kinds import KIND_TABLE, KINDS, DatasetSpec, render_sample
 from .preview import caption, contact_sheet, samples_from_shards, save_sheet
 from .search import SEARCH_DEFAULTS, search, search_to_file
 from .systems import load_systems
@@ -87,16 +87,20 @@ def spec_from_args(args) -> DatasetSpec:
     for key in ("size", "points", "seed", "color"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    kind = KIND_TABLE[args.kind]
+    with_color = [name for name, k in KIND_TABLE.items() if "color" in k.defaults]
+    if args.systems and not kind.searched:
+        searched = [name for name, k in KIND_TABLE.items() if k.searched]
+        raise UserError(f"--systems applies to --kind {' / '.join(searched)} only "
+                        f"({args.kind} class parameters come from the seed)")
+    if overrides.get("color") and "color" not in kind.defaults:
+        raise UserError(f"--color applies to --kind {' / '.join(with_color)} only ({args.kind} sets its own colours)")
     systems = info = None
-    if args.kind == "fractaldb":
+    if kind.searched:
         if args.systems:
             systems, info = load_systems(args.systems)
         elif classes > 0 and args.n > 0:
             systems, info = search(classes, seed=overrides.get("seed", 0), workers=args.workers)
-    elif args.systems:
-        raise UserError("--systems applies to --kind fractaldb only (single/multi systems come from the seed)")
-    elif overrides.get("color"):
-        raise UserError("--color applies to --kind fractaldb only (single/multi are always coloured)")
     return DatasetSpec.create(args.kind, args.n, classes, systems=systems, systems_info=info, **overrides)
 
 

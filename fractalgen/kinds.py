@@ -10,29 +10,19 @@ render_sample(spec, index) draws sample `index` as a pure function of (spec, ind
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
+from . import contours, kernels
 from .errors import UserError
 from .rng import generator, kernel_seed
 from .systems import (N_WEIGHT_VARIANTS, WEIGHT_FACTORS, load_systems, sigma_class_system, thresholds,
                       weight_variant)
 
-KINDS = ("fractaldb", "single", "multi")
-
 # Published defaults (see ../shared/FRACTALS.md); every key can be overridden and lands in the card.
 COMMON = {"size": 256, "points": 100_000, "seed": 0}
-DEFAULTS = {
-    "fractaldb": {"color": False, "flips": True, "min_fill": 0.02},
-    "single": {"window": [0.5, 2.0], "shift": 0.2, "flips": True, "jitter": 0.0, "background": True,
-               "blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0],
-               "min_fill": 0.002},
-    "multi": {"objects": [1, 5], "object_size": [0.15, 0.6], "flips": True, "background": True,
-              "blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0],
-              "min_visible": 0.1, "min_object_points": 5_000},
-}
 MIN_SIZE = 16
 _MAX_ATTEMPTS = 8
 
@@ -53,48 +43,42 @@ class DatasetSpec:
         self.options = options
         self.systems = systems
         self.systems_info = systems_info or {"kind": options["kind"], "classes": len(systems)}
-        self._thresholds = [thresholds(s) for s in systems]
+        # map probabilities of IFS systems; kinds without IFS (contours) keep 1-D parameter vectors
+        self._thresholds = [thresholds(s) if np.ndim(s) == 2 else None for s in systems]
 
     kind = property(lambda self: self.options["kind"])
     n = property(lambda self: self.options["n"])
     num_classes = property(lambda self: self.options["classes"])
     size = property(lambda self: self.options["size"])
     seed = property(lambda self: self.options["seed"])
-    multilabel = property(lambda self: self.kind == "multi")
-    channels = property(lambda self: 3 if self.kind != "fractaldb" or self.options["color"] else 1)
+    multilabel = property(lambda self: KIND_TABLE[self.kind].multilabel)
+    channels = property(lambda self: KIND_TABLE[self.kind].channels(self.options))
 
     @classmethod
     def create(cls, kind: str, n: int, classes: int, systems: list | None = None, systems_info: dict | None = None,
                **overrides) -> "DatasetSpec":
-        """Resolve defaults, validate, and derive the class systems.
+        """Resolve defaults, validate, and derive the class systems (the kind's `make_systems`).
 
-        single/multi systems come from (seed, class); fractaldb needs `systems` (from
-        `fractalgen search`, see search.py) with at least `classes` entries.
+        Searched kinds (fractaldb) need `systems` (from `fractalgen search`, see search.py) with at
+        least `classes` entries; the others derive theirs from (seed, class).
         """
         options = resolve_options(kind, n, classes, overrides)
-        if kind == "fractaldb":
-            if systems is None:
-                raise UserError("fractaldb needs class systems: run `fractalgen search` or pass --systems FILE")
-            if len(systems) < classes:
-                raise UserError(f"the systems file has {len(systems)} systems but --classes is {classes}; "
-                                f"search for more classes or lower --classes")
-            systems = [np.asarray(s, np.float64) for s in systems[:classes]]
-        else:
-            systems = [sigma_class_system(options["seed"], c) for c in range(classes)]
-            systems_info = {"sampling": "sigma-factor SVD (Anderson & Farrell), 2-4 maps, from (seed, class)"}
+        systems, systems_info = KIND_TABLE[kind].make_systems(options, systems, systems_info)
         return cls(options, systems, {**(systems_info or {}), "kind": kind, "classes": classes})
 
     @classmethod
     def from_card(cls, card: dict, root: str) -> "DatasetSpec":
         """The spec a dataset folder was rendered with (systems from its systems.json)."""
-        systems, info = load_systems(os.path.join(root, card.get("systems", "systems.json")))
+        loader = KIND_TABLE[card["options"]["kind"]].load_systems
+        systems, info = loader(os.path.join(root, card.get("systems", "systems.json")))
         return cls(copy.deepcopy(card["options"]), systems, info)
 
 
 def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:
-    if kind not in KINDS:
-        raise UserError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
-    options = {"kind": kind, "n": n, "classes": classes, **copy.deepcopy(COMMON), **copy.deepcopy(DEFAULTS[kind])}
+    if kind not in KIND_TABLE:
+        raise UserError(f"unknown kind {kind!r}; choose one of {', '.join(KIND_TABLE)}")
+    entry = KIND_TABLE[kind]
+    options = {"kind": kind, "n": n, "classes": classes, **copy.deepcopy(COMMON), **copy.deepcopy(entry.defaults)}
     for key, value in overrides.items():
         if value is None:
             continue
@@ -111,6 +95,8 @@ def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:
         raise UserError(f"--size {options['size']} is too small; use at least {MIN_SIZE} pixels")
     if options["points"] < 100:
         raise UserError(f"--points {options['points']} is too few to draw a fractal; use at least 100")
+    if entry.check is not None:
+        entry.check(options)
     return options
 
 
@@ -137,7 +123,24 @@ def render_sample(spec: DatasetSpec, index: int) -> Sample:
     (indices >= n form a held-out range with the same distribution)."""
     if index < 0:
         raise ValueError("index must be >= 0")
-    return _RENDERERS[spec.kind](spec, int(index))
+    return KIND_TABLE[spec.kind].render(spec, int(index))
+
+
+def _searched_systems(options: dict, systems: list | None, info: dict | None) -> tuple[list, dict | None]:
+    """The first `classes` systems of a FractalDB search (given by the caller)."""
+    classes = options["classes"]
+    if systems is None:
+        raise UserError(f"{options['kind']} needs class systems: run `fractalgen search` or pass --systems FILE")
+    if len(systems) < classes:
+        raise UserError(f"the systems file has {len(systems)} systems but --classes is {classes}; "
+                        f"search for more classes or lower --classes")
+    return [np.asarray(s, np.float64) for s in systems[:classes]], info
+
+
+def _sigma_systems(options: dict, systems, info) -> tuple[list, dict]:
+    """One sigma-factor system per class, from (seed, class)."""
+    systems = [sigma_class_system(options["seed"], c) for c in range(options["classes"])]
+    return systems, {"sampling": "sigma-factor SVD (Anderson & Farrell), 2-4 maps, from (seed, class)"}
 
 
 def _random_patch(rng) -> np.ndarray:
@@ -307,4 +310,39 @@ def _render_multi(spec: DatasetSpec, index: int) -> Sample:
     return Sample(f"{index:09d}", image, primary, classes, meta)
 
 
-_RENDERERS = {"fractaldb": _render_fractaldb, "single": _render_single, "multi": _render_multi}
+@dataclass(frozen=True)
+class Kind:
+    """One dataset kind: its default options, how its class parameters are made, how a sample is drawn.
+    A new kind is one entry in KIND_TABLE below (the CLI, the writer and pretrain read it from there)."""
+
+    defaults: dict
+    make_systems: Callable  # (options, systems given or None, their info) -> (class parameters, info)
+    render: Callable  # (spec, index) -> Sample
+    searched: bool = False  # class systems come from `fractalgen search` (the CLI / pretrain run it)
+    multilabel: bool = False
+    channels: Callable = lambda options: 3  # image channels for these options
+    check: Callable | None = None  # kind-specific validation of the resolved options (raise UserError)
+    load_systems: Callable = load_systems  # path of a folder's systems.json -> (class parameters, info)
+
+
+_COLOUR_DEFAULTS = {"blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0]}
+KIND_TABLE = {
+    "fractaldb": Kind({"color": False, "flips": True, "min_fill": 0.02}, _searched_systems, _render_fractaldb,
+                      searched=True, channels=lambda o: 3 if o["color"] else 1),
+    "single": Kind({"window": [0.5, 2.0], "shift": 0.2, "flips": True, "jitter": 0.0, "background": True,
+                    **_COLOUR_DEFAULTS, "min_fill": 0.002}, _sigma_systems, _render_single),
+    "multi": Kind({"objects": [1, 5], "object_size": [0.15, 0.6], "flips": True, "background": True,
+                   **_COLOUR_DEFAULTS, "min_visible": 0.1, "min_object_points": 5_000}, _sigma_systems, _render_multi,
+                  multilabel=True),
+    "rcdb": Kind(contours.RCDB_DEFAULTS, contours.make_class_params, contours.render_contour_sample,
+                 channels=lambda o: 1, check=contours.check_options, load_systems=contours.load_class_params),
+    "visualatom": Kind(contours.VISUALATOM_DEFAULTS, contours.make_class_params, contours.render_contour_sample,
+                       channels=lambda o: 1, check=contours.check_options, load_systems=contours.load_class_params),
+}
+KINDS = tuple(KIND_TABLE)
+DEFAULTS = {name: entry.defaults for name, entry in KIND_TABLE.items()}
+
+
+def uses_searched_systems(kind: str) -> bool:
+    """Whether `kind` renders FractalDB-searched class systems (the caller runs the search)."""
+    return kind in KIND_TABLE and KIND_TABLE[kind].searched
