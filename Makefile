@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 # render + preview, pretrain a tiny model, fine-tune it and a from-scratch twin on real images
 # (scikit-learn's bundled handwritten digits; pass CIFAR=path/to/cifar10 for CIFAR-10), report.
 demo: setup
-	$(PY) -m finetune.demo --out $(OUT) $(if $(CIFAR),--cifar $(CIFAR),)
+	$(PY) -m experiments.demo --out $(OUT) $(if $(CIFAR),--cifar $(CIFAR),)
 
 test: setup
 	$(PY) -m pytest -q

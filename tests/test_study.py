@@ -1,4 +1,5 @@
-"""The study's --quick path end to end on fabricated CIFAR-10 (real format, random pixels)."""
+"""The CPU study (configs/experiments/cifar10_cpu.yaml) through the experiment runner: its --quick path end
+to end on fabricated CIFAR-10 (real format, random pixels), its overrides, refusals and step scheduling."""
 
 import os
 import subprocess
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_study_chains_the_stages_and_resumes(tmp_path):
     data = write_cifar10(str(tmp_path / "cifar"), per_batch=50)  # 25 training images per class
     out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "finetune.study", "--config", "configs/study/cifar10_cpu.yaml", "--data", data,
+    cmd = [sys.executable, "-m", "experiments", "configs/experiments/cifar10_cpu.yaml", "--data", data,
            "--out", str(out), "--quick"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -42,33 +43,35 @@ def test_quick_study_chains_the_stages_and_resumes(tmp_path):
 
 
 def test_study_overrides_holdout_and_resolved_config(tmp_path):
-    from finetune.study import claim_folder, load_study
+    from experiments.schema import load_experiment
+    from experiments.study import claim_folder
 
-    study = load_study(os.path.join(ROOT, "configs/study/cifar10_cpu.yaml"), quick=True,
-                       overrides=["render.common.classes=7", "finetune.overrides.optim.lr=0.001"], holdout=0.1)
+    study = load_experiment(os.path.join(ROOT, "configs/experiments/cifar10_cpu.yaml"), quick=True,
+                            overrides=["render.common.classes=7", "finetune.overrides.optim.lr=0.001"], holdout=0.1)
     assert study["render"]["common"]["classes"] == 7
     assert study["finetune"]["overrides"]["optim.lr"] == 0.001  # a dotted key inside a section
     assert study["finetune"]["overrides"]["data.holdout"] == 0.1
     claim_folder(study, str(tmp_path))
     claim_folder(study, str(tmp_path))  # the same config resumes
     import yaml
-    assert yaml.safe_load((tmp_path / "study.yaml").read_text()) == study
+    assert yaml.safe_load((tmp_path / "experiment.yaml").read_text()) == study
 
 
 def test_study_refuses_to_resume_under_another_config(tmp_path):
-    from finetune.study import claim_folder, load_study
+    from experiments.schema import load_experiment
+    from experiments.study import claim_folder
 
     data = write_cifar10(str(tmp_path / "cifar"))
     out = tmp_path / "study"
-    claim_folder(load_study(os.path.join(ROOT, "configs/study/cifar10_cpu.yaml"), quick=True), str(out))
+    claim_folder(load_experiment(os.path.join(ROOT, "configs/experiments/cifar10_cpu.yaml"), quick=True), str(out))
     for extra in (["render.common.classes=7"], ["--holdout", "0.1"]):
-        result = subprocess.run([sys.executable, "-m", "finetune.study", "--config", "configs/study/cifar10_cpu.yaml",
+        result = subprocess.run([sys.executable, "-m", "experiments", "configs/experiments/cifar10_cpu.yaml",
                                  "--data", data, "--out", str(out), "--quick", *extra],
                                 capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
         assert "another config" in result.stderr and not (out / "data").exists()
-    bad = subprocess.run([sys.executable, "-m", "finetune.study", "--config", "configs/study/cifar10_cpu.yaml",
+    bad = subprocess.run([sys.executable, "-m", "experiments", "configs/experiments/cifar10_cpu.yaml",
                           "--data", data, "--out", str(tmp_path / "other"), "--holdout", "1.5"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--holdout 1.5" in bad.stderr and not (tmp_path / "other").exists()
@@ -78,15 +81,15 @@ def test_steps_wait_for_what_they_need_and_others_fill_the_slots(tmp_path):
     """Two slots: a long step, a step that needs its output, and free steps. The needing step starts
     only once the output exists; the free steps run meanwhile instead of waiting behind it."""
     from common.errors import UserError
-    from finetune.study import Study
+    from experiments.study import Study
 
     def step(name, seconds, needs=None):
         marker = tmp_path / name / "done"
         code = (f"import os, time; t = time.time(); time.sleep({seconds}); os.makedirs({str(marker.parent)!r}, "
                 f"exist_ok=True); open({str(marker)!r}, 'w').write(f'{{t}} {{time.time()}}')")
-        return [sys.executable, "-c", code], str(marker), needs and str(tmp_path / needs / "done")
+        return [sys.executable, "-c", code], str(marker), [str(tmp_path / needs / "done")] if needs else []
 
-    s = Study({}, data="", out=str(tmp_path), jobs=2)
+    s = Study(out=str(tmp_path), jobs=2)
     s.run_all([step("pretrain", 3), step("finetune", 0, needs="pretrain"), step("scratch1", 0.5),
                step("scratch2", 0.5)])
     span = {n: [float(x) for x in (tmp_path / n / "done").read_text().split()]
@@ -98,15 +101,19 @@ def test_steps_wait_for_what_they_need_and_others_fill_the_slots(tmp_path):
 
 
 def test_finetune_recipe_shared_then_per_model_then_per_regime(tmp_path):
-    from finetune.study import Study
+    from experiments.plan import Plan
+    from experiments.schema import check_experiment
 
-    study = {"pretrain": [{"name": "vit", "kinds": ["single"]},
-                          {"name": "resnet", "kinds": ["single"], "finetune_overrides": {"optim.lr": 0.002}}],
-             "finetune": {"config": "c.yaml", "seeds": [0], "overrides": {"optim.lr": 0.0005, "epochs": 9},
-                          "regimes": {"low": {"epochs": 20}, "full": {"epochs": 3, "only": ["resnet-single"]}}}}
-    s = Study(study, data="d", out=str(tmp_path))
-    steps, runs = s.finetune_steps({("vit", "single"): "v.safetensors", ("resnet", "single"): "r.safetensors"})
-    by_run = {os.path.relpath(r, tmp_path): cmd for (cmd, _, _), r in zip(steps, runs)}
+    exp = check_experiment({
+        "pretrain": [{"name": "vit", "kinds": ["single"], "config": "configs/pretrain/deit_s16_single.yaml"},
+                     {"name": "resnet", "kinds": ["single"], "config": "configs/pretrain/resnet50_single.yaml",
+                      "finetune_overrides": {"optim.lr": 0.002}}],
+        "render": {"common": {"n": 100}, "kinds": {"single": {}}},
+        "finetune": {"config": "c.yaml", "seeds": [0], "overrides": {"optim.lr": 0.0005, "epochs": 9},
+                     "regimes": {"low": {"epochs": 20}, "full": {"epochs": 3, "only": ["resnet-single"]}}}}, "test")
+    plan = Plan(exp, {"data": "d"}, str(tmp_path))
+    steps = [s for s in plan.steps if s.stage == "finetune"]
+    by_run = {s.name: s.command() for s in steps}
     assert sorted(by_run) == sorted(["finetune/low/vit-scratch-s0", "finetune/low/vit-single-s0",
                                      "finetune/low/resnet-scratch-s0", "finetune/low/resnet-single-s0",
                                      "finetune/full/resnet-single-s0"])
@@ -114,5 +121,6 @@ def test_finetune_recipe_shared_then_per_model_then_per_regime(tmp_path):
     for run in ("finetune/low/resnet-scratch-s0", "finetune/full/resnet-single-s0"):  # the model's lr, both twins
         assert "optim.lr=0.002" in by_run[run] and "optim.lr=0.0005" not in by_run[run]
     assert "epochs=3" in by_run["finetune/full/resnet-single-s0"]
-    needs = {os.path.relpath(r, tmp_path): n for (_, _, n), r in zip(steps, runs)}
-    assert needs["finetune/low/vit-scratch-s0"] is None and needs["finetune/low/vit-single-s0"] == "v.safetensors"
+    needs = {s.name: s.needs for s in steps}
+    assert needs["finetune/low/vit-scratch-s0"] == []
+    assert needs["finetune/low/vit-single-s0"] == [str(tmp_path / "pretrain" / "vit-single" / "model.safetensors")]

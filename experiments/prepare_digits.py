@@ -4,7 +4,7 @@ The digits ship inside scikit-learn (1,797 real 8x8 scans, no download), so the 
 fine-tune and evaluate on real images on a machine with no network. Images are upscaled to
 `--size` pixels and made RGB; the split is stratified and seeded.
 
-    python -m finetune.prepare_digits --out data/digits --size 32
+    python -m experiments.prepare_digits --out data/digits --size 32
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """The main job: the whole pipeline at a tiny scale, offline, on a CPU, in a few minutes.
 
-    python -m finetune.demo --out runs/demo [--cifar PATH]
+    python -m experiments.demo --out runs/demo [--cifar PATH]
 
 1. render a small colour FractalDB-style dataset to shards, with a preview contact sheet
 2. pretrain a tiny ResNet on it (configs/pretrain/tiny_cpu.yaml)
@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         config, target, extra = "configs/finetune/cifar10.yaml", args.cifar, ["data.train_per_class=100"]
     else:
         target = os.path.join(out, "digits")
-        step([py, "-m", "finetune.prepare_digits", "--out", target, "--size", "32"], target)
+        step([py, "-m", "experiments.prepare_digits", "--out", target, "--size", "32"], target)
         config, extra = "configs/finetune/imagefolder.yaml", []
     runs = []
     for name, init in (("pretrained", os.path.join(pre, "model.safetensors")), ("scratch", "scratch")):

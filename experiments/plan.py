@@ -1,0 +1,245 @@
+"""Expand an experiment into its steps: ordinary `fractalgen` / `pretrain.main` / `finetune.main` /
+`finetune.report` commands, each with the file that marks it complete and the files it waits for.
+
+The order is the order the runner starts them in (and the order of --emit slurm's submit.sh):
+renders, pretrainings (the most images first), fine-tunings (regimes in file order, so a stopped
+experiment already holds complete tables for the first regimes), analyses, the report.
+"""
+
+import fnmatch
+import os
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+
+from common.config import load_config
+from common.errors import UserError
+from experiments import smoke as smoke_scale
+from experiments.schema import dataset_names
+
+# training images per epoch of each downstream format, for the --dry-run estimate
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000, "plant_pathology": 18_632}
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@dataclass
+class Step:
+    name: str                 # unique, readable: pretrain/vit-single, finetune/low/vit-single-s0
+    stage: str                # render | pretrain | finetune | analysis | report
+    module: str | None        # python -m <module> (None: the fractalgen console script)
+    args: list[str]           # the module's (or fractalgen's) arguments
+    marker: str               # exists once the step's output is complete
+    needs: list[str] = field(default_factory=list)  # markers of the steps it waits for
+    images: int | None = None  # estimated images processed (None: unknown)
+
+    def command(self) -> list[str]:
+        """The command run on one machine, in one process."""
+        if self.module is None:
+            return [_bin("fractalgen"), *self.args]
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+def yaml_value(value) -> str:
+    """A value in YAML flow style (one line), so lists, numbers and booleans survive the round trip."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def overrides(values: dict) -> list[str]:
+    return [f"{k}={yaml_value(v)}" for k, v in (values or {}).items()]
+
+
+def count(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+class Plan:
+    """The steps of one experiment. `data` maps the names of external datasets (downstream datasets,
+    pretraining data such as imagenet) to their paths. `smoke` scales every step down (smoke.py)."""
+
+    def __init__(self, exp: dict, data: dict, out: str, smoke: bool = False):
+        self.exp, self.data, self.out, self.smoke = exp, data, out, smoke
+        self.steps: list[Step] = []
+        self.runs: list[str] = []  # fine-tuning run folders, for the report
+        self.weights: dict = {}    # (job, source) -> model.safetensors of a pretraining
+        folders = self._render()
+        self._pretrain(folders)
+        self._finetune()
+        self._analysis()
+        self._report()
+
+    # --- render ---------------------------------------------------------------------------------
+    def _render(self) -> dict:
+        render = self.exp["render"] or {"common": {}, "kinds": {}}
+        folders = {}
+        for kind, own in render["kinds"].items():
+            opts = {**render["common"], **{k: v for k, v in own.items() if v is not None}}
+            if self.smoke:
+                opts = smoke_scale.render_options(opts)
+            folder = os.path.join(self.out, "data", kind)
+            args = ["render", "--kind", kind, "--out", folder, "--no-progress"]
+            for key in ("n", "classes", "size", "points", "seed", "shard_size", "workers"):
+                if opts.get(key) is not None:
+                    args += [f"--{key.replace('_', '-')}", str(opts[key])]
+            for key, value in (opts.get("options") or {}).items():
+                args += ["--option", f"{key}={yaml_value(value)}"]
+            self.steps.append(Step(f"render/{kind}", "render", None, args, os.path.join(folder, "dataset.json"),
+                                   images=opts.get("n")))
+            folders[kind] = (folder, opts.get("n"))
+        return folders
+
+    # --- pretrain -------------------------------------------------------------------------------
+    def _pretrain(self, folders: dict) -> None:
+        """One run per (job, kind), plus the budget runs (the same pretraining at other numbers of
+        images, sources like `single-300k`). The runs with the most images start first (so the
+        longest does not finish alone at the end); the rest keep file order."""
+        runs = []
+        budget = self.exp["budget"] or {}
+        default_n = ((self.exp["render"] or {}).get("common") or {}).get("n") or 0
+        for job in self.exp["pretrain"]:
+            kinds = [(kind, kind, {}) for kind in job["kinds"]]
+            if budget.get("job") == job["name"]:
+                kinds += [(budget["kind"], f"{budget['kind']}-{count(n)}", {"data.train_samples": n})
+                          for n in budget["images"]]
+            for kind, source, extra in kinds:
+                run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
+                config = job["config"].replace("{kind}", kind)
+                over = {**job["overrides"], **extra}
+                if self.smoke:
+                    over.update(smoke_scale.pretrain_overrides(config, over, external=kind not in folders))
+                if kind in folders:
+                    path, needs = folders[kind][0], [os.path.join(folders[kind][0], "dataset.json")]
+                else:
+                    path, needs = self._external(kind, f"pretraining job {job['name']}"), []
+                marker = os.path.join(run_dir, "model.safetensors")
+                images = extra.get("data.train_samples", default_n)
+                step = Step(f"pretrain/{job['name']}-{source}", "pretrain", "pretrain.main",
+                            ["--config", config, "--data", path, "--out", run_dir, *overrides(over)], marker, needs,
+                            images=_pretrain_images(config, over, folders.get(kind, (None, None))[1]))
+                runs.append((images, step))
+                self.weights[(job["name"], source)] = marker
+        runs.sort(key=lambda run: -run[0])  # stable: file order among equals
+        self.steps += [step for _, step in runs]
+
+    def _external(self, name: str, who: str) -> str:
+        if name not in self.data:
+            raise UserError(f"{who} needs the {name} dataset: pass --data {name}=PATH")
+        return self.data[name]
+
+    # --- finetune -------------------------------------------------------------------------------
+    def sources(self, job: dict, regime: str | None = None) -> list[tuple[str, str, str | None]]:
+        """(source, --init, the weights it waits for) of a job: scratch first, then its kinds, its
+        budget runs (in the budget's regimes) and its published tags."""
+        out = [("scratch", "scratch", None)] if job["scratch"] else []
+        out += [(kind, self.weights[(job["name"], kind)], self.weights[(job["name"], kind)]) for kind in job["kinds"]]
+        budget = self.exp["budget"] or {}
+        if budget.get("job") == job["name"] and (regime is None or regime in budget["regimes"]):
+            for n in budget["images"]:
+                source = f"{budget['kind']}-{count(n)}"
+                out.append((source, self.weights[(job["name"], source)], self.weights[(job["name"], source)]))
+        for source, tag in job["published"].items():
+            init = f"timm:{job['model']}.{tag}"
+            out.append((source, "scratch" if self.smoke else init, None))  # smoke: no published weights offline
+        return out
+
+    def _finetune(self) -> None:
+        """Every regime, dataset, model, source and seed. A regime's `only` list (patterns such as
+        vit-scratch or *-in1k) limits it to those job-source pairs. Each step needs the weights it
+        starts from."""
+        ft = self.exp["finetune"]
+        datasets = ft["datasets"] or {"data": ft["config"]}
+        for regime, regime_over in ft["regimes"].items():
+            if regime_over is None:  # switched off (e.g. by the quick block)
+                continue
+            regime_over = dict(regime_over)
+            only = regime_over.pop("only", None)
+            for dataset, config in datasets.items():
+                path = self._external(dataset, "fine-tuning")
+                where = os.path.join(self.out, "finetune", *([dataset] if ft["datasets"] else []), regime)
+                for job in self.exp["pretrain"]:
+                    for source, init, needs in self.sources(job, regime):
+                        name = f"{job['name']}-{source}"
+                        if only is not None and not any(fnmatch.fnmatchcase(name, p) for p in only):
+                            continue
+                        for seed in ft["seeds"]:
+                            run_dir = os.path.join(where, f"{name}-s{seed}")
+                            # the shared recipe, refined per model (e.g. its lr), then per regime
+                            over = {**ft["overrides"], **job["finetune_overrides"], **regime_over, "seed": seed}
+                            if init == "scratch":
+                                over.update({"model": job["model"]} if job["model"] else {})
+                                over.update(job["scratch_overrides"])
+                            if self.smoke:
+                                over.update(smoke_scale.finetune_overrides(over, job, init))
+                            self.steps.append(Step(
+                                os.path.relpath(run_dir, self.out), "finetune", "finetune.main",
+                                ["--config", config, "--data", path, "--init", init, "--out", run_dir,
+                                 *overrides(over)],
+                                os.path.join(run_dir, "final.json"), [needs] if needs else [],
+                                images=_finetune_images(config, over)))
+                            self.runs.append(run_dir)
+
+    # --- analysis and report --------------------------------------------------------------------
+    def _analysis(self) -> None:
+        analysis = self.exp["analysis"]
+        if not analysis:
+            return
+        for name in analysis["jobs"]:
+            job = next(j for j in self.exp["pretrain"] if j["name"] == name)
+            out = os.path.join(self.out, "analysis", name)
+            args, needs = [], []
+            for source, init, weights in self.sources(job):
+                args += ["--source", f"{source}={init}"]
+                needs += [weights] if weights else []
+            if job["model"]:
+                args += ["--model", job["model"]]
+            if self.smoke:
+                args += smoke_scale.analysis_args(job)
+            if analysis["images"]:
+                args += ["--images", self._external(analysis["images"], "the analysis")]
+            self.steps.append(Step(f"analysis/{name}", "analysis", "experiments.vit_analysis",
+                                   [*args, "--out", out], os.path.join(out, "attention_distance.png"), needs))
+
+    def _report(self) -> None:
+        report_dir = os.path.join(self.out, "report")
+        self.steps.append(Step("report", "report", "finetune.report", [*self.runs, "--out", report_dir],
+                               os.path.join(report_dir, "report.md"),
+                               [os.path.join(run, "final.json") for run in self.runs]))
+
+
+def _pretrain_images(config: str, over: dict, rendered_n: int | None) -> int | None:
+    """epochs x images per epoch (data.train_samples, else the render's n or ImageNet's train set)."""
+    try:
+        cfg = load_config(config, overrides(over))
+    except UserError:
+        return None
+    per_epoch = cfg["data"].get("train_samples") or rendered_n or (
+        IMAGENET_TRAIN_IMAGES if cfg["data"].get("source") == "imagenet" else None)
+    return int(cfg["epochs"] * per_epoch) if per_epoch else None
+
+
+def _finetune_images(config: str, over: dict) -> int | None:
+    """epochs x training images (few-shot: one pass for the features)."""
+    try:
+        cfg = load_config(config, overrides(over))
+    except UserError:
+        return None
+    data = cfg["data"]
+    classes = {"cifar10": 10, "cifar100": 100 if data.get("labels") != "coarse" else 20, "stl10": 10,
+               "plant_pathology": 12}.get(data["format"])
+    if data.get("train_per_class") and classes:
+        per_epoch = data["train_per_class"] * classes
+    elif data["format"] == "stl10" and data.get("fold") is not None:
+        per_epoch = 1_000
+    else:
+        per_epoch = TRAIN_IMAGES.get(data["format"])
+        if per_epoch and data["format"] == "plant_pathology":
+            per_epoch = round(per_epoch * (1 - data.get("val_fraction", 0.2)))
+    if not per_epoch:
+        return None
+    return per_epoch if cfg.get("mode") == "few_shot" else int(cfg["epochs"] * per_epoch)
+
+
+def _bin(name: str) -> str:
+    """The console script installed beside this interpreter (the project's venv)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    return candidate if os.path.exists(candidate) else name

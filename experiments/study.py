@@ -1,0 +1,96 @@
+"""Running an experiment's steps on this machine: `jobs` at a time, each as soon as the files it
+needs exist, skipping those whose output is already complete (so re-running resumes).
+
+Every command is appended to DIR/commands.sh before it starts, so any step can be re-run by hand.
+The resolved experiment is DIR/experiment.yaml; resuming under a different one is refused
+(finished steps would otherwise be reused silently).
+"""
+
+import os
+import shlex
+import subprocess
+import time
+
+import yaml
+
+from common.config import save_config
+from common.errors import UserError
+
+CLAIM = "experiment.yaml"
+
+
+def claim_folder(exp: dict, out: str) -> None:
+    """Write the resolved experiment as OUT/experiment.yaml, or check it against the one a previous
+    run left."""
+    path = os.path.join(out, CLAIM)
+    if os.path.exists(path):
+        with open(path) as f:
+            if yaml.safe_load(f) != exp:
+                raise UserError(f"{out} holds an experiment run with another config ({path}); pass a new --out, "
+                                f"or delete {out} to start over")
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; pass a folder")
+    else:
+        save_config(exp, out, name=CLAIM)
+
+
+class Study:
+    """Runs (command, done marker, needed markers) steps. With jobs > 1 the steps split the cores
+    between them (OMP_NUM_THREADS) and log to DIR/logs/."""
+
+    def __init__(self, out: str, jobs: int = 1):
+        self.out, self.jobs = out, max(1, jobs)
+        os.makedirs(out, exist_ok=True)
+        self.log = open(os.path.join(out, "commands.sh"), "a")
+
+    def run_all(self, steps: list) -> None:
+        """Run (cmd, done_marker, needs) steps, `needs` a list of markers. A step starts once they all
+        exist (a fine-tune waits only for its own pretraining, so scratch twins fill the slots
+        pretraining leaves idle); otherwise steps start in list order."""
+        todo = []
+        for cmd, marker, needs in steps:
+            if os.path.exists(marker):
+                print(f"[experiment] done already: {shlex.join(cmd)}", flush=True)
+            else:
+                todo.append((cmd, marker, needs))
+        running, failed = [], []
+        while todo or running:
+            while len(running) < self.jobs and not failed:
+                ready = [step for step in todo if all(os.path.exists(n) for n in step[2])]
+                if not ready:
+                    break
+                todo.remove(ready[0])
+                running.append(self._start(*ready[0][:2]))
+            if not running and not failed:  # nothing runs and nothing can start: a need no step makes
+                missing = next(n for n in todo[0][2] if not os.path.exists(n))
+                raise UserError(f"experiment step waits for {missing}, which no step produces")
+            time.sleep(0.5)
+            for job in [j for j in running if j["proc"].poll() is not None]:
+                running.remove(job)
+                if job["log"]:
+                    job["log"].close()
+                if job["proc"].returncode != 0:
+                    failed.append(job)
+                else:
+                    print(f"[experiment] finished in {time.time() - job['start']:.0f} s: {job['name']}", flush=True)
+            if failed and not running:
+                job = failed[0]
+                where = f"; its log: {job['log_path']}" if job["log_path"] else ""
+                raise UserError(f"step failed (exit {job['proc'].returncode}): {shlex.join(job['cmd'])}{where}; "
+                                f"fix it and re-run the experiment to resume")
+
+    def _start(self, cmd: list[str], marker: str) -> dict:
+        line = shlex.join(cmd)
+        self.log.write(line + "\n")
+        self.log.flush()
+        print(f"[experiment] {line}", flush=True)
+        name = os.path.relpath(os.path.dirname(marker), self.out).replace(os.sep, "_")
+        log = log_path = None
+        env = dict(os.environ)
+        if self.jobs > 1:
+            os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+            log_path = os.path.join(self.out, "logs", name + ".log")
+            log = open(log_path, "w")
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
+        return {"proc": proc, "cmd": cmd, "name": name, "log": log, "log_path": log_path, "start": time.time()}
