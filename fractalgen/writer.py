@@ -1,7 +1,7 @@
 """Writing a dataset: webdataset shards, receipts, and the card; resumable, atomic, splittable.
 
 Layout of an output folder:
-    {kind}-000000.tar ...   complete shards (written as *.tmp-PID, renamed when complete)
+    {kind}-000000.tar ...   complete shards (written as *.tmp-HOST-PID, renamed when complete)
     systems.json            the class systems every sample was drawn from
     dataset.json            the card, written once every shard is complete
     .fractalgen/job.json    the options this folder belongs to (other options are refused)
@@ -13,6 +13,7 @@ processes (--workers) or machines (--part i/k) writes identical bytes.
 """
 
 import errno
+import fcntl
 import glob
 import hashlib
 import io
@@ -20,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import sys
 import tarfile
 import time
@@ -188,28 +190,67 @@ def _init_worker(spec, out_dir, image_format):
     _WORKER.update(spec=spec, out_dir=out_dir, image_format=image_format)
 
 
+def _locked_temp(final: str):
+    """This process's temporary file for `final`, created and held under an exclusive flock for as
+    long as it is being written: the lock is what tells other renders it is in use. The name is
+    unique per machine and process (renders on several machines may share the folder)."""
+    tmp = f"{final}.tmp-{socket.gethostname()}-{os.getpid()}"
+    while True:
+        f = open(tmp, "wb")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(f.fileno()).st_ino:
+                return tmp, f
+        except FileNotFoundError:
+            pass
+        f.close()  # another render removed it as stale between our open and lock: make it again
+
+
+def _remove_stale_temps(final: str, mine: str) -> None:
+    """Remove temporary files of `final` left by killed renders; a temp whose writer still holds
+    its lock (a render running at the same time) is left alone."""
+    for path in glob.glob(final + ".tmp-*"):
+        if path == mine:
+            continue
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            continue
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being written right now
+            try:
+                if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                    os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
 def _write_shard(task) -> int:
     shard, first, count = task
     spec, out_dir, fmt = _WORKER["spec"], _WORKER["out_dir"], _WORKER["image_format"]
     name = shard_name(spec.kind, shard)
     final = os.path.join(out_dir, name)
-    for stale in glob.glob(final + ".tmp-*"):  # left by a killed run of this same shard
-        os.remove(stale)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    tmp, f = _locked_temp(final)
+    _remove_stale_temps(final, tmp)
     try:
-        with open(tmp, "wb") as f:
+        with f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for index in range(first, first + count):
                     s = render_sample(spec, index)
                     add_sample(tar, s.key, sample_fields(s, fmt))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+            os.replace(tmp, final)  # still locked: nobody removes it before it has its final name
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    receipt = {"name": name, "first_index": first, "count": count, "sha256": sha256_file(final)}
+    # bytes: trainers check every shard's size against the card when a run starts (a cheap check)
+    receipt = {"name": name, "first_index": first, "count": count, "sha256": sha256_file(final),
+               "bytes": os.path.getsize(final)}
     atomic_write(_receipt_path(out_dir, name), json.dumps(receipt, sort_keys=True).encode())
     return count
 

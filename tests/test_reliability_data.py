@@ -143,3 +143,46 @@ def test_imagefolder_damaged_image_found_at_load(tmp_path, damage):
         datasets.load_imagefolder(root)
     os.remove(path)
     assert len(datasets.load_imagefolder(root).val) == 3 * 4  # the intact folder still loads
+
+
+# --- fractalgen: two identical renders into one folder at once
+
+
+def test_render_leaves_a_temp_in_use_and_removes_stale_ones(tmp_path):
+    import fcntl
+
+    from fractalgen import DatasetSpec, render_dataset
+
+    out = tmp_path / "data"
+    out.mkdir()
+    live, stale = out / "single-000000.tar.tmp-otherhost-4242", out / "single-000001.tar.tmp-otherhost-4343"
+    stale.write_bytes(b"left by a killed render")
+    with open(live, "wb") as held:  # another render writing shard 0 right now holds its lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(b"half a shard")
+        held.flush()
+        spec = DatasetSpec.create("single", 8, 2, size=16, points=300)
+        card = render_dataset(spec, str(out), shard_size=4, workers=1, progress=False)
+        assert live.read_bytes() == b"half a shard"  # not removed under the other render's feet
+    assert not stale.exists()
+    assert [s["count"] for s in card["shards"]] == [4, 4]
+    assert card["shards"][0]["bytes"] == os.path.getsize(out / "single-000000.tar")
+
+
+@pytest.mark.slow
+def test_two_identical_renders_at_once_both_finish(tmp_path):
+    args = [sys.executable, "-m", "fractalgen", "render", "--kind", "single", "--n", "48", "--shard-size", "4",
+            "--workers", "1", "--size", "64", "--points", "20000", "--classes", "3", "--no-progress"]
+    alone = subprocess.run([*args, "--out", str(tmp_path / "alone")], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    both = [subprocess.Popen([*args, "--out", str(tmp_path / "shared")], stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for proc in both:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    names = sorted(os.listdir(tmp_path / "shared"))
+    assert not [n for n in names if ".tmp-" in n]
+    for name in names:
+        if name.endswith((".tar", ".json")):
+            assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
+    assert "dataset.json" in names
