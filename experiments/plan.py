@@ -161,7 +161,7 @@ class Plan:
                         name = f"{job['name']}-{source}"
                         if only is not None and not any(fnmatch.fnmatchcase(name, p) for p in only):
                             continue
-                        for seed in ft["seeds"]:
+                        for seed in ft["seeds"][:1] if self.smoke else ft["seeds"]:  # smoke: every cell, one seed
                             run_dir = os.path.join(where, f"{name}-s{seed}")
                             # the shared recipe, refined per model (e.g. its lr), then per regime
                             over = {**ft["overrides"], **job["finetune_overrides"], **regime_over, "seed": seed}

@@ -22,7 +22,7 @@ from experiments import fabricate
 from experiments.launch import emit_slurm, local_command
 from experiments.plan import Plan
 from experiments.schema import dataset_names, load_experiment
-from experiments.study import Study, claim_folder
+from experiments.study import Study, call, claim_folder
 
 
 def parse_args(argv=None):
@@ -139,7 +139,7 @@ def main(argv=None) -> None:
 
 
 def run(plan: Plan, out: str, jobs: int, resources: dict, one_process: bool) -> None:
-    study = Study(out, jobs=jobs)
+    study = Study(out, jobs=jobs, in_process=one_process)
     start = time.time()
 
     def steps(stage):
@@ -153,7 +153,9 @@ def run(plan: Plan, out: str, jobs: int, resources: dict, one_process: bool) -> 
     cmd = report.command()
     study.log.write(shlex.join(cmd) + "\n")
     study.log.flush()
-    if subprocess.run(cmd).returncode != 0:
+    if one_process:
+        call(cmd)
+    elif subprocess.run(cmd).returncode != 0:
         raise UserError(f"the report failed: {shlex.join(cmd)}")
     print(f"[experiment] done in {(time.time() - start) / 60:.1f} min; report: "
           f"{os.path.dirname(report.marker)}/report.md, commands: {os.path.join(out, 'commands.sh')}", flush=True)

@@ -169,7 +169,7 @@ def _check_names(exp: dict, where: str) -> None:
     for job in exp["pretrain"]:
         if job["kinds"] and not job["config"]:
             raise UserError(f"{where}: job {job['name']} pretrains on {', '.join(job['kinds'])} but has no config")
-        if "{kind}" not in job["config"] and len(job["kinds"]) > 1 and any(k not in rendered for k in job["kinds"]):
+        if job["kinds"] and "{kind}" not in job["config"] and len(job["kinds"]) > 1 and any(k not in rendered for k in job["kinds"]):
             raise UserError(f"{where}: job {job['name']} pretrains on external data with one config; "
                             f"write config as ...{{kind}}.yaml")
         if job["published"] and not job["model"]:

@@ -17,7 +17,7 @@ TINY = [
     (("vgg",), {"mlp_ratio": 0.0625}),  # the 4096-wide classifier MLP's hidden layer: 256
 ]
 IMG_SIZE = 32
-TRAIN_PER_CLASS = 4  # the fabricated datasets hold at least this many training images per class
+TRAIN_PER_CLASS = 2  # every fine-tune: a low-data subset (the fabricated datasets hold more per class)
 
 
 def tiny(model: str | None) -> dict:
@@ -46,9 +46,8 @@ def pretrain_overrides(config: str, over: dict, external: bool) -> dict:
 
 def finetune_overrides(over: dict, job: dict, init: str) -> dict:
     out = {"epochs": 1, "img_size": IMG_SIZE, "batch_size": 8, "eval_batch": 64, "eval_every": 1, "precision": "no",
-           "checkpoint_every": 0, "data.workers": 0, "optim.warmup_epochs": 0, "data.cache_size": IMG_SIZE}
-    if over.get("data.train_per_class"):
-        out["data.train_per_class"] = TRAIN_PER_CLASS
+           "checkpoint_every": 0, "data.workers": 0, "optim.warmup_epochs": 0, "data.cache_size": IMG_SIZE,
+           "data.train_per_class": TRAIN_PER_CLASS}
     if over.get("mode") == "few_shot":
         out.update({"few_shot.shots": [1, 2], "few_shot.trials": 1})
     if init == "scratch":  # pretrained weights bring their own (tiny) architecture in model.json

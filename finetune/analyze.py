@@ -52,9 +52,8 @@ def pos_embed_similarity(model, path: str) -> None:
     plt.close(fig)
 
 
-def attention_distance(model, images: torch.Tensor) -> np.ndarray:
-    """Mean attention distance in pixels, (layers, heads): attention-weighted distance between query
-    and key patches, averaged over patch queries and images (prefix tokens excluded)."""
+def attention_maps(model, images: torch.Tensor) -> list[torch.Tensor]:
+    """The attention probabilities of every block, each (B, heads, T, T), prefix tokens included."""
     captured = []
     hooks = []
     for blk in model.blocks:
@@ -64,6 +63,13 @@ def attention_distance(model, images: torch.Tensor) -> np.ndarray:
         model(images)
     for h in hooks:
         h.remove()
+    return captured
+
+
+def attention_distance(model, images: torch.Tensor) -> np.ndarray:
+    """Mean attention distance in pixels, (layers, heads): attention-weighted distance between query
+    and key patches, averaged over patch queries and images (prefix tokens excluded)."""
+    captured = attention_maps(model, images)
     gh, gw = model.patch_embed.grid_size
     ph = model.patch_embed.patch_size[0]
     ys, xs = np.divmod(np.arange(gh * gw), gw)
