@@ -6,6 +6,7 @@ render_sample(spec, index) draws sample `index` as a pure function of (spec, ind
 - single (Anderson & Farrell, WACV 2022): class = a sigma-factor IFS; one coloured fractal on a
   plasma background, random window scale/shift, flips, optional blur.
 - multi (same paper): 1-5 fractals of random classes pasted on a background; multi-label target.
+- 1p-frac, ofdb: few-image IFS kinds (fewimage.py); rcdb, visualatom: contour kinds (contours.py).
 """
 
 import copy
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import contours, kernels
+from . import contours, fewimage, kernels
 from .errors import UserError
 from .rng import generator, kernel_seed
 from .systems import (N_WEIGHT_VARIANTS, WEIGHT_FACTORS, load_systems, sigma_class_system, thresholds,
@@ -323,6 +324,7 @@ class Kind:
     channels: Callable = lambda options: 3  # image channels for these options
     check: Callable | None = None  # kind-specific validation of the resolved options (raise UserError)
     load_systems: Callable = load_systems  # path of a folder's systems.json -> (class parameters, info)
+    notes: tuple = ()  # card notes for this kind (where it follows / deviates from the official code)
 
 
 _COLOUR_DEFAULTS = {"blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0]}
@@ -338,6 +340,10 @@ KIND_TABLE = {
                  channels=lambda o: 1, check=contours.check_options, load_systems=contours.load_class_params),
     "visualatom": Kind(contours.VISUALATOM_DEFAULTS, contours.make_class_params, contours.render_contour_sample,
                        channels=lambda o: 1, check=contours.check_options, load_systems=contours.load_class_params),
+    "1p-frac": Kind(fewimage.ONE_P_FRAC_DEFAULTS, fewimage.onepfrac_systems, fewimage.render_onepfrac,
+                    channels=lambda o: 1, check=fewimage.check_onepfrac, notes=tuple(fewimage.NOTES["1p-frac"])),
+    "ofdb": Kind(fewimage.OFDB_DEFAULTS, _searched_systems, fewimage.render_ofdb, searched=True,
+                 channels=lambda o: 1, check=fewimage.check_ofdb, notes=tuple(fewimage.NOTES["ofdb"])),
 }
 KINDS = tuple(KIND_TABLE)
 DEFAULTS = {name: entry.defaults for name, entry in KIND_TABLE.items()}

@@ -33,17 +33,18 @@ def thresholds(params: np.ndarray) -> np.ndarray:
     return np.minimum(np.floor(cum * 2.0**32), 2.0**32).astype(np.uint64)
 
 
-def sample_sigma_system(rng: np.random.Generator, min_maps: int = 2, max_maps: int = 4) -> np.ndarray:
+def sample_sigma_system(rng: np.random.Generator, min_maps: int = 2, max_maps: int = 4,
+                        sigma_range: tuple[float, float] | None = None) -> np.ndarray:
     """Anderson & Farrell's SVD sampling under the sigma-factor constraint.
 
     A_i = R(theta) diag(s1, s2) R(phi) D with random rotations, a random reflection D, and
     1 >= s1 >= s2 >= 0, so every map contracts. The total sigma = sum_i (s1 + 2 s2) is drawn in
-    [(5 + N) / 2, (6 + N) / 2] and split among the maps uniformly at random (a share must be <= 3,
-    the largest s1 + 2 s2 allowed); within a map s2 is uniform over the values the share admits.
-    Translations are uniform in [-1, 1].
+    [(5 + N) / 2, (6 + N) / 2] (or in `sigma_range`, within (0, 3 N]) and split among the maps
+    uniformly at random (a share must be <= 3, the largest s1 + 2 s2 allowed); within a map s2 is
+    uniform over the values the share admits. Translations are uniform in [-1, 1].
     """
     n = int(rng.integers(min_maps, max_maps + 1))
-    sigma = rng.uniform((5 + n) / 2, (6 + n) / 2)
+    sigma = rng.uniform(*(sigma_range or ((5 + n) / 2, (6 + n) / 2)))
     while True:  # uniform split of sigma into n shares, each in [0, 3]
         cuts = np.sort(rng.uniform(0.0, sigma, n - 1))
         shares = np.diff(np.concatenate([[0.0], cuts, [sigma]]))

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .card import (CARD, STATE_DIR, atomic_write, build_card, canonical, sha256_file, shard_name,
                    shard_ranges)
 from .errors import UserError
-from .kinds import DatasetSpec, render_sample
+from .kinds import KIND_TABLE, DatasetSpec, render_sample
 from .png import encode_png
 from .systems import save_systems
 
@@ -84,7 +84,8 @@ def add_sample(tar: tarfile.TarFile, key: str, fields: dict) -> None:
 def job_description(spec: DatasetSpec, image_format: str, shard_size: int) -> dict:
     systems_sha = hashlib.sha256(canonical([s.tolist() for s in spec.systems])).hexdigest()
     return {"options": spec.options, "image_format": image_format, "shard_size": shard_size,
-            "channels": spec.channels, "systems_sha256": systems_sha, "notes": NOTES}
+            "channels": spec.channels, "systems_sha256": systems_sha,
+            "notes": NOTES + list(KIND_TABLE[spec.kind].notes)}
 
 
 def parse_part(text: str) -> tuple[int, int]:
