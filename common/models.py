@@ -1,4 +1,5 @@
-"""Models: timm construction, loading weights from pretraining (or any timm weights), export.
+"""Models: timm construction, loading weights from pretraining, a weights file or timm's published
+weights by name (`timm:<name>[.<tag>]`), export.
 
 The hand-off between the stages is `model.safetensors` plus a `model.json` sidecar (model name and
 arguments, classes, image size, normalisation, source dataset, recipe). Weights are never loaded
@@ -20,22 +21,85 @@ SIDECAR = "model.json"
 
 
 def build(name: str, num_classes: int, img_size: int | None = None, drop_path_rate: float = 0.0,
-          model_kwargs: dict | None = None) -> torch.nn.Module:
-    """A randomly initialised timm model; `img_size` only for models that take it (ViTs)."""
+          model_kwargs: dict | None = None, pretrained: bool = False) -> torch.nn.Module:
+    """A timm model (`name` may carry a published-weights tag, name.tag, with pretrained=True).
+
+    `img_size` and `drop_path_rate` go only to models whose constructor takes them: timm names the
+    argument a constructor refuses (TypeError), and the model is built again without it. Fixed-size
+    models (ViTs) take img_size; CNNs (ResNet, VGG, DenseNet) work at any size and do not need it.
+    """
     kwargs = dict(model_kwargs or {})
-    if drop_path_rate:
-        kwargs["drop_path_rate"] = drop_path_rate
-    if img_size and not name.startswith(("resnet", "test_resnet")):
-        kwargs["img_size"] = img_size
+    optional = {"img_size": img_size, "drop_path_rate": drop_path_rate}
+    optional = {k: v for k, v in optional.items() if v and k not in kwargs}
+    while True:
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs, **optional)
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise UserError(f"unknown model {name!r}; {_close_models(name)}") from None
+            raise
+        except TypeError as e:
+            refused = next((k for k in optional if f"argument '{k}'" in str(e)), None)
+            if refused is None:
+                raise UserError(f"model {name!r} does not accept these arguments: {e}") from None
+            if refused == "drop_path_rate":
+                log.info("%s has no drop path (stochastic depth); drop_path=%g is not used", name, drop_path_rate)
+            del optional[refused]
+
+
+def _close_models(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    close = close or timm.list_models(f"*{name.split('_')[0]}*")[:5]
+    return f"timm has e.g. {', '.join(close)}" if close else "see timm.list_models()"
+
+
+def classifier_parameters(model: torch.nn.Module) -> list:
+    """The parameters of the model's classifier (both heads of distilled DeiTs): what a linear probe trains."""
+    heads = model.get_classifier()
+    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+    return [p for head in heads for p in head.parameters()]
+
+
+# --- published weights by name: --init timm:<name>[.<tag>] ---------------------------------------
+
+TIMM_PREFIX = "timm:"
+# tag parts naming the data the weights were trained on (timm's tag convention, e.g. augreg2_in21k_ft_in1k)
+_DATASETS = {"in1k": "ImageNet-1k", "in12k": "ImageNet-12k", "in21k": "ImageNet-21k", "in22k": "ImageNet-22k",
+             "laion2b": "LAION-2B", "laion400m": "LAION-400M", "openai": "OpenAI WIT", "ig1b": "Instagram-1B",
+             "ig3b": "Instagram-3.5B", "yfcc100m": "YFCC-100M", "jft300m": "JFT-300M", "dfn2b": "DFN-2B",
+             "webli": "WebLI", "merged2b": "Merged-2B"}
+
+
+def weights_description(tag: str) -> str:
+    """Where published weights come from, in words: "ImageNet-21k (augreg_in21k)", "ImageNet-21k then
+    ImageNet-1k (augreg2_in21k_ft_in1k)"; a tag naming no known dataset is shown as it is."""
+    names = [_DATASETS[part] for part in tag.split("_") if part in _DATASETS]
+    names = [n for i, n in enumerate(names) if n not in names[:i]]
+    return f"{' then '.join(names)} ({tag})" if names else f"timm weights ({tag})"
+
+
+def published_weights(init: str) -> dict:
+    """What `timm:<name>[.<tag>]` refers to, from timm's registry (nothing is downloaded): the model
+    name, the tag (timm's default tag when none is given), the weights' normalisation, input size and
+    interpolation, and the source in words."""
+    spec = init[len(TIMM_PREFIX):]
+    name, tag = timm.models.split_model_name_tag(spec)
+    if not timm.is_model(name):
+        raise UserError(f"--init {init}: unknown model {name!r}; {_close_models(name)}")
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-            raise UserError(f"unknown model {name!r}; timm has e.g. {', '.join(close) or 'see timm.list_models()'}") from None
-        raise
-    except TypeError as e:
-        raise UserError(f"model {name!r} does not accept these arguments: {e}") from None
+        cfg = timm.models.get_pretrained_cfg(spec) if timm.is_model_pretrained(name) else None
+    except RuntimeError:  # "Invalid pretrained tag"
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        tags = timm.list_pretrained(f"{name}.*")
+        hint = f"published tags: {', '.join(tags[:6])}" if tags else f"timm publishes no weights for {name}"
+        raise UserError(f"--init {init}: no published weights {spec!r}; {hint}")
+    tag = cfg.tag or tag
+    return {"model": name, "tag": tag, "weights": f"{name}.{tag}" if tag else name,
+            "mean": list(cfg.mean), "std": list(cfg.std), "img_size": int(cfg.input_size[-1]),
+            "interpolation": cfg.interpolation, "description": weights_description(tag or "")}
 
 
 def read_sidecar(weights: str) -> dict | None:
@@ -96,7 +160,10 @@ def load_weights(model: torch.nn.Module, path: str, name: str) -> None:
 
 def create_model(name: str, num_classes: int, img_size: int | None = None, init: str = "scratch",
                  drop_path_rate: float = 0.0, model_kwargs: dict | None = None) -> torch.nn.Module:
-    """A timm model, from scratch or initialised from a weights file (see load_weights)."""
+    """A timm model: from scratch, from a weights file (see load_weights), or from published weights
+    (`timm:<name>[.<tag>]`, loaded by timm from the Hugging Face cache, classifier re-initialised)."""
+    if init.startswith(TIMM_PREFIX):
+        return _from_published(init, name, num_classes, img_size, drop_path_rate, model_kwargs)
     if init not in ("scratch", "", None):
         sidecar = read_sidecar(init)
         if sidecar and not model_kwargs:  # the architecture settings travel with the weights
@@ -105,6 +172,22 @@ def create_model(name: str, num_classes: int, img_size: int | None = None, init:
     if init not in ("scratch", "", None):
         load_weights(model, init, name)
     return model
+
+
+def _from_published(init, name, num_classes, img_size, drop_path_rate, model_kwargs) -> torch.nn.Module:
+    weights = published_weights(init)
+    if name != weights["model"]:
+        raise UserError(f"--init {init} holds a {weights['model']!r}, but the config asks for {name!r}; "
+                        f"set model={weights['model']} (or model=auto)")
+    try:
+        return build(weights["weights"], num_classes, img_size, drop_path_rate, model_kwargs, pretrained=True)
+    except OSError as e:  # huggingface_hub: not in the cache and no download (offline, no network)
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise UserError(f"--init {init}: the weights are not in the Hugging Face cache {HF_HUB_CACHE} and cannot "
+                        f"be downloaded ({str(e).splitlines()[0][:120]}); fetch them once where there is internet "
+                        f"(python -c \"import timm; timm.create_model('{weights['weights']}', pretrained=True)\") "
+                        f"and copy models--timm--{weights['weights']} into that folder") from None
 
 
 def export_model(model: torch.nn.Module, run_dir: str, sidecar: dict) -> str:
