@@ -7,8 +7,15 @@
 Ranks read disjoint data: shards are dealt out by rank (shard s goes to rank s % world), on-the-fly
 indices are dealt out the same way from one seeded permutation per epoch. Every rank yields exactly
 steps_per_epoch batches, so DDP never waits on a rank that ran dry.
+
+Augmentation in the DataLoader workers is seeded per sample (or per batch, on the fly) from (seed,
+epoch, rank, position), so a resumed run trains on exactly the pixels of the uninterrupted one.
+Damaged samples are named by shard (or file) and key, skipped and counted (`corrupt`, logged in
+metrics.jsonl) up to data.max_corrupt per rank; past it, or at a label outside the classes, the run
+stops with one line.
 """
 
+import functools
 import io
 import json
 import os
@@ -21,7 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 import fractalgen
 from common.engine import step_seed
 from common.errors import UserError
-from pretrain.shards import shard_batches
+from fractalgen.card import sha256_file
+from pretrain.shards import BadSample, CorruptSample, CorruptTally, shard_batches, tallied
 
 
 class Source:
@@ -31,6 +39,12 @@ class Source:
     multilabel: bool
     card_sha256: str | None = None
     description: dict
+    tally: CorruptTally  # damaged samples this rank skipped
+
+    @property
+    def corrupt(self) -> int:
+        """How many damaged samples this rank skipped so far (for metrics.jsonl)."""
+        return self.tally.count
 
     def train_batches(self, epoch: int, skip: int):  # -> iterator of (images, targets) on CPU
         raise NotImplementedError
@@ -54,8 +68,36 @@ def _collate(samples):
 
 
 def _open_image(data: bytes) -> Image.Image:
+    """Decoded now (Pillow is lazy), so damaged bytes fail here, not inside the augmentation."""
     image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))  # skip probing every other format
+    image.load()
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _check_classes(classes: list, num_classes: int, where: str) -> None:
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"{where}: class {bad[0]} is outside the {num_classes} classes (0..{num_classes - 1}); "
+                        f"the data does not match its card or data.num_classes")
+
+
+def decode_sample(sample: dict, image_exts: tuple, num_classes: int, multilabel: bool, transform):
+    """A webdataset sample -> (image tensor, target, key). Bytes that do not decode raise
+    CorruptSample (skipped and counted); a label outside the classes raises UserError (the run stops)."""
+    where = f"{sample['__url__']} {sample['__key__']}"
+    data = next((sample[e] for e in image_exts if e in sample), None)
+    if data is None:
+        raise CorruptSample(f"no {'/'.join(image_exts)} image (found {sorted(k for k in sample if k[:2] != '__')})")
+    try:  # only the fields the labels need are decoded (json only for multi-label)
+        classes = json.loads(sample["json"])["classes"] if multilabel else [int(sample["cls"])]
+    except (KeyError, ValueError, TypeError) as e:
+        raise CorruptSample(f"unreadable label ({type(e).__name__}: {e})") from None
+    _check_classes(classes, num_classes, where)
+    try:
+        image = _open_image(data)
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged bytes
+        raise CorruptSample(f"image does not decode ({e})") from None
+    return transform(image), _targets(classes, classes[0], num_classes, multilabel), sample["__key__"]
 
 
 # --- fractal data: on the fly and from shards
@@ -117,21 +159,22 @@ class FractalSource(Source):
         self.card_sha256 = card["card_sha256"]
         self.train_tf, self.val_tf = transforms
         self.batch, self.rank, self.world = batch, rank, world
-        self.seed, self.workers = int(cfg["seed"]), int(cfg["data"]["workers"])
+        self.seed, self.workers = cfg["seed"], cfg["data"]["workers"]
+        self.tally = CorruptTally(cfg["data"]["max_corrupt"])
         self.on_the_fly = on_the_fly
-        self.val_count = int(cfg["data"]["val_samples"])
+        self.val_count = cfg["data"]["val_samples"]
         # an epoch is n samples, or data.train_samples (a budget: fewer draws a subset, more cycles)
-        self.epoch_samples = int(cfg["data"].get("train_samples") or spec.n)
+        self.epoch_samples = cfg["data"]["train_samples"] or spec.n
         self.steps_per_epoch = self.epoch_samples // (batch * world)
         if self.steps_per_epoch < 1:
             raise UserError(f"an epoch of {self.epoch_samples} samples is less than one global batch "
                             f"({batch * world}); render more, raise data.train_samples or lower batch_size")
         if not on_the_fly:
-            self._check_shards()
             names = [s["name"] for s in card["shards"]]
             if len(names) < world:
                 raise UserError(f"{root} has {len(names)} shards for {world} processes; re-render with a smaller "
                                 f"--shard-size so every process gets its own shards")
+            self._check_shards(cfg["data"]["verify"])
             self.rank_urls = [os.path.join(root, n) for n in names[rank::world]]
         self.description = {"kind": spec.kind, "path": os.path.abspath(root) if root else None, "n": spec.n,
                             "classes": self.num_classes, "card_sha256": self.card_sha256,
@@ -153,7 +196,7 @@ class FractalSource(Source):
         opts = dict(cfg["data"]["render"])
         kind, n, classes = opts.pop("kind"), int(opts.pop("n")), int(opts.pop("classes"))
         systems = info = None
-        if kind == "fractaldb":
+        if fractalgen.kinds.uses_searched_systems(kind):  # fractaldb, ofdb
             from fractalgen.search import search
 
             systems, info = search(classes, seed=int(opts.get("seed", 0)), workers=1, progress=False,
@@ -162,13 +205,23 @@ class FractalSource(Source):
         card = {"card_sha256": hashlib.sha256(json.dumps(spec.options, sort_keys=True).encode()).hexdigest()}
         return cls(spec, card, cfg, transforms, batch, rank, world, on_the_fly=True)
 
-    def _check_shards(self):
-        for entry in self.card["shards"]:
+    def _check_shards(self, verify: str):
+        """Every shard against the card: present and of its size (cheap, always; cards from before
+        sizes were recorded: at least 3 tar members of 1 KiB per sample); with verify=sha256 also
+        this rank's shards re-hashed (every rank hashes its own share)."""
+        redo = "re-run the fractalgen render command (it redoes damaged shards)"
+        for s, entry in enumerate(self.card["shards"]):
             path = os.path.join(self.root, entry["name"])
             if not os.path.exists(path):
-                raise UserError(f"{path} is listed in the card but missing; re-run the fractalgen render command")
-            if os.path.getsize(path) == 0:
-                raise UserError(f"{path} is empty; re-run the fractalgen render command")
+                raise UserError(f"{path} is listed in the card but missing; {redo}")
+            size, expected = os.path.getsize(path), entry.get("bytes")
+            if expected is not None and size != expected:
+                raise UserError(f"{path} has {size} bytes, the card says {expected} (truncated or changed after "
+                                f"rendering); {redo}")
+            if expected is None and size < entry["count"] * 3 * 1024:
+                raise UserError(f"{path} has {size} bytes, too few for its {entry['count']} samples (truncated); {redo}")
+            if verify == "sha256" and s % self.world == self.rank and sha256_file(path) != entry["sha256"]:
+                raise UserError(f"{path}: sha256 differs from the card (changed after rendering); {redo}")
 
     def train_batches(self, epoch: int, skip: int):
         if self.on_the_fly:
@@ -178,18 +231,10 @@ class FractalSource(Source):
         return self._shard_loader(epoch, skip)
 
     def _shard_loader(self, epoch: int, skip: int):
-        ext = self.card["image_ext"]
-        num_classes, multilabel, tf = self.num_classes, self.multilabel, self.train_tf
-
-        def to_triple(sample):  # only the fields the labels need are decoded (json only for multi-label)
-            if multilabel:
-                target = _targets(json.loads(sample["json"])["classes"], 0, num_classes, True)
-            else:
-                target = torch.tensor(int(sample["cls"]), dtype=torch.long)
-            return tf(_open_image(sample[ext])), target, sample["__key__"]
-
-        return shard_batches(self.rank_urls, to_triple, _collate, self.batch, self.workers, self.steps_per_epoch,
-                             seed=(self.seed * 1_000_003 + epoch) * 1009 + self.rank, skip=skip)
+        decode = functools.partial(decode_sample, image_exts=(self.card["image_ext"],), num_classes=self.num_classes,
+                                   multilabel=self.multilabel, transform=self.train_tf)
+        return shard_batches(self.rank_urls, decode, _collate, self.batch, self.workers, self.steps_per_epoch,
+                             key=(self.seed, epoch, self.rank), tally=self.tally, skip=skip)
 
     def val_loader(self):
         return RenderedIndices(self.spec, self.val_tf, self.spec.n, self.val_count)
@@ -217,8 +262,10 @@ class ImageNetFolder(Source):
             raise UserError(f"ImageNet folder {path}: train has {len(self.train.classes)} classes, val "
                             f"{len(self.val.classes)}; they must match")
         self.num_classes, self.multilabel = len(self.train.classes), False
+        self.train_tf = transforms[0]
         self.batch, self.rank, self.world = batch, rank, world
-        self.seed, self.workers = int(cfg["seed"]), int(cfg["data"]["workers"])
+        self.seed, self.workers = cfg["seed"], cfg["data"]["workers"]
+        self.tally = CorruptTally(cfg["data"]["max_corrupt"])
         self.steps_per_epoch = len(self.train) // (batch * world)
         if self.steps_per_epoch < 1:
             raise UserError(f"{train} has {len(self.train)} images, fewer than one global batch ({batch * world})")
@@ -231,25 +278,43 @@ class ImageNetFolder(Source):
         per_step = self.batch * self.world
         subset = [int(i) for s in range(skip, self.steps_per_epoch)
                   for i in order[s * per_step + self.rank * self.batch: s * per_step + (self.rank + 1) * self.batch]]
-        return DataLoader(_Keyed(self.train, subset), batch_size=self.batch, shuffle=False,
-                          num_workers=self.workers, drop_last=True, collate_fn=_collate)
+        files = _KeyedFiles(self.train.samples, subset, self.train_tf, key=(self.seed, epoch, self.rank),
+                            first_position=skip * self.batch)
+        loader = DataLoader(files, batch_size=self.batch, shuffle=False, num_workers=self.workers, drop_last=True,
+                            collate_fn=_collate_good)
+        return tallied(loader, self.tally)
 
     def val_loader(self):
         return self.val
 
 
-class _Keyed(torch.utils.data.Dataset):
-    """A subset of an ImageFolder whose items carry their file index as the key."""
+class _KeyedFiles(torch.utils.data.Dataset):
+    """Some of an ImageFolder's (path, class) samples; items carry their file index as the key, are
+    augmented under a seed keyed by (key, position in the epoch) (exact resume, whichever worker runs
+    them), and a file that does not decode becomes a BadSample naming it."""
 
-    def __init__(self, dataset, indices):
-        self.dataset, self.indices = dataset, indices
+    def __init__(self, samples: list, indices: list, transform, key: tuple, first_position: int):
+        self.samples, self.indices, self.transform = samples, indices, transform
+        self.key, self.first_position = key, first_position
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
-        image, cls = self.dataset[self.indices[i]]
-        return image, torch.tensor(cls, dtype=torch.long), str(self.indices[i])
+        path, cls = self.samples[self.indices[i]]
+        try:
+            with open(path, "rb") as f:
+                image = _open_image(f.read())
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
+            return BadSample(path, f"image does not decode ({e})")
+        step_seed(*self.key, self.first_position + i)
+        return self.transform(image), torch.tensor(cls, dtype=torch.long), str(self.indices[i])
+
+
+def _collate_good(items):
+    """(batch of the decoded items or None, the BadSamples among them)."""
+    good = [i for i in items if not isinstance(i, BadSample)]
+    return (_collate(good) if good else None), [i for i in items if isinstance(i, BadSample)]
 
 
 class ImageNetShards(Source):
@@ -267,63 +332,79 @@ class ImageNetShards(Source):
             raise UserError(f"ImageNet shards {path}: expected train/*.tar and val/*.tar (or *train*.tar, *val*.tar)")
         if len(self.train_urls) < world:
             raise UserError(f"{path} has {len(self.train_urls)} train shards for {world} processes")
-        self.num_classes = int(cfg["data"].get("num_classes") or 1000)
+        self.num_classes = cfg["data"]["num_classes"] or 1000
         self.multilabel = False
         self.train_tf, self.val_tf = transforms
         self.batch, self.rank, self.world = batch, rank, world
-        self.seed, self.workers = int(cfg["seed"]), int(cfg["data"]["workers"])
-        self.steps_per_epoch = int(cfg["data"].get("train_samples") or 1_281_167) // (batch * world)
+        self.seed, self.workers = cfg["seed"], cfg["data"]["workers"]
+        self.tally = CorruptTally(cfg["data"]["max_corrupt"])
+        self.steps_per_epoch = (cfg["data"]["train_samples"] or 1_281_167) // (batch * world)
         self.rank_urls = self.train_urls[rank::world]
         self.description = {"kind": "imagenet-wds", "path": os.path.abspath(path), "classes": self.num_classes}
 
     def train_batches(self, epoch: int, skip: int):
-        tf = self.train_tf
-
-        def to_triple(sample):
-            image = next(sample[k] for k in ("jpg", "jpeg", "png") if k in sample)
-            return tf(_open_image(image)), torch.tensor(int(sample["cls"]), dtype=torch.long), sample["__key__"]
-
-        return shard_batches(self.rank_urls, to_triple, _collate, self.batch, self.workers, self.steps_per_epoch,
-                             seed=(self.seed * 1_000_003 + epoch) * 1009 + self.rank, skip=skip)
+        decode = functools.partial(decode_sample, image_exts=("jpg", "jpeg", "png"), num_classes=self.num_classes,
+                                   multilabel=False, transform=self.train_tf)
+        return shard_batches(self.rank_urls, decode, _collate, self.batch, self.workers, self.steps_per_epoch,
+                             key=(self.seed, epoch, self.rank), tally=self.tally, skip=skip)
 
     def val_loader(self):
-        return TarMembers(self.val_urls, self.val_tf)
+        return TarMembers(self.val_urls, self.val_tf, self.num_classes)
 
 
 class TarMembers(torch.utils.data.Dataset):
     """Map-style view of webdataset shards (image + cls): an index of member offsets, so every rank
     can take its slice and images are read and decoded only when asked for."""
 
-    def __init__(self, urls: list, transform):
+    def __init__(self, urls: list, transform, num_classes: int):
         import tarfile
 
         self.transform, self.items = transform, []
         for url in urls:
             found: dict = {}
-            with tarfile.open(url) as tar:
-                for m in tar:
-                    key, _, ext = m.name.partition(".")
-                    entry = found.setdefault(key, {})
-                    if ext in ("jpg", "jpeg", "png"):
-                        entry["image"] = (m.offset_data, m.size)
-                    elif ext == "cls":
-                        entry["cls"] = int(tar.extractfile(m).read())
-            self.items += [(url, *e["image"], e["cls"]) for e in found.values() if "image" in e and "cls" in e]
+            try:
+                with tarfile.open(url) as tar:
+                    for m in tar:
+                        key, _, ext = m.name.partition(".")
+                        entry = found.setdefault(key, {})
+                        if ext in ("jpg", "jpeg", "png"):
+                            entry["image"] = (m.offset_data, m.size)
+                        elif ext == "cls":
+                            entry["cls"] = _label(tar.extractfile(m).read(), f"{url} {key}")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise UserError(f"{url}: damaged tar ({e}); repair or replace the shard") from None
+            for key, e in found.items():
+                if "image" in e and "cls" in e:
+                    _check_classes([e["cls"]], num_classes, f"{url} {key}")
+                    self.items.append((url, key, *e["image"], e["cls"]))
+        if not self.items:
+            raise UserError(f"the validation shards {', '.join(urls[:3])} hold no image+cls samples")
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        url, offset, size, cls = self.items[i]
+        url, key, offset, size, cls = self.items[i]
         with open(url, "rb") as f:
             f.seek(offset)
             data = f.read(size)
-        return self.transform(_open_image(data)), torch.tensor(cls, dtype=torch.long)
+        try:
+            image = _open_image(data)
+        except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged bytes
+            raise UserError(f"{url} {key}: image does not decode ({e}); repair or replace the shard") from None
+        return self.transform(image), torch.tensor(cls, dtype=torch.long)
+
+
+def _label(data: bytes, where: str) -> int:
+    try:
+        return int(data)
+    except ValueError:
+        raise UserError(f"{where}: cls {data[:20]!r} is not a class number") from None
 
 
 def make_source(cfg: dict, transforms, batch: int, rank: int, world: int) -> Source:
     data = cfg["data"]
-    kind, path = data["source"], data.get("path")
+    kind, path = data["source"], data["path"]
     if kind == "render":
         return FractalSource.from_config(cfg, transforms, batch, rank, world)
     if not path:

@@ -8,8 +8,15 @@ name), at a fraction of the cost. ustar, pax (path records) and GNU long names a
 """
 
 import random
+import sys
+from typing import NamedTuple
 
+import numpy as np
 import webdataset as wds
+from torch.utils.data import get_worker_info
+
+from common.engine import step_seed
+from common.errors import UserError
 
 BLOCK = 512
 
@@ -82,25 +89,150 @@ def tar_samples(stream, url: str = ""):
         yield sample
 
 
-def _samples_of_shards(shards):
-    """Pipeline stage: {"url": path} -> the samples of that shard."""
-    for shard in shards:
-        with open(shard["url"], "rb", buffering=1 << 20) as f:
-            yield from tar_samples(f, shard["url"])
+# --- damaged data: skipped and counted up to a limit (the webdataset / open_clip policy), never a hang
 
 
-def shard_batches(urls: list, to_triple, collate, batch: int, workers: int, steps: int, seed: int, skip: int = 0):
+class BadSample(NamedTuple):
+    """A sample (or shard) that could not be used, named by shard and key."""
+
+    where: str
+    reason: str
+    fatal: bool = False  # True: the run cannot go on (a label outside the classes, no sample at all)
+
+
+class CorruptSample(Exception):
+    """Raised by a decode function for bytes that do not decode: the sample is skipped and counted."""
+
+
+class CorruptTally:
+    """The damaged samples this rank skipped (distinct shard + key: resampling draws one again);
+    past `limit` of them, or at a fatal one, the run stops with one line."""
+
+    def __init__(self, limit: int):
+        self.limit, self.seen = limit, {}
+
+    @property
+    def count(self) -> int:
+        return len(self.seen)
+
+    def add(self, bad: BadSample) -> None:
+        if bad.fatal:
+            raise UserError(f"{bad.where}: {bad.reason}")
+        if bad.where in self.seen:
+            return
+        self.seen[bad.where] = bad.reason
+        if len(self.seen) > self.limit:
+            raise UserError(f"{len(self.seen)} damaged samples, more than data.max_corrupt={self.limit}; the last: "
+                            f"{bad.where}: {bad.reason}; repair or re-render the data, or raise data.max_corrupt")
+        print(f"warning: skipped damaged sample {bad.where}: {bad.reason} ({len(self.seen)} so far, "
+              f"data.max_corrupt={self.limit})", file=sys.stderr)
+
+
+def tallied(loader, tally: CorruptTally, skip: int = 0):
+    """The batches of a loader that yields (batch or None, [BadSample]), damaged samples counted;
+    the first `skip` batches are dropped (resuming mid-epoch replays the epoch's keyed stream)."""
+    for i, (batch, bad) in enumerate(loader):
+        for b in bad:
+            tally.add(b)  # raises at a fatal one
+        if batch is not None and i >= skip:  # None: every sample of the batch was damaged
+            yield batch
+
+
+def _shard_reader(urls: list):
+    """Pipeline stage: {"url"} -> that shard's samples. A damaged shard yields a BadSample naming it
+    and the last good key; once every shard of the list has been read without one sample, a fatal
+    BadSample (resampling empty shards would otherwise loop forever)."""
+    empty: set = set()
+
+    def stage(shards):
+        for shard in shards:
+            url, key, n = shard["url"], None, 0
+            try:
+                with open(url, "rb", buffering=1 << 20) as f:
+                    for sample in tar_samples(f, url):
+                        key, n = sample["__key__"], n + 1
+                        yield sample
+            except FileNotFoundError:
+                yield BadSample(url, "the shard is missing", fatal=True)
+                return
+            except (OSError, EOFError, ValueError, UnicodeDecodeError) as e:
+                where = f"{url} after sample {key}" if key else url
+                yield BadSample(where, f"damaged tar ({e}); the rest of the shard is skipped")
+            if n == 0:
+                empty.add(url)
+                if len(empty) == len(set(urls)):
+                    yield BadSample(", ".join(sorted(empty)[:3]) + (", ..." if len(empty) > 3 else ""),
+                                    f"none of the {len(empty)} shards holds a sample; re-create them", fatal=True)
+                    return
+
+    return stage
+
+
+def _decode_stage(decode, key: tuple):
+    """Pipeline stage: sample -> decode(sample), each seeded by (key, worker, position in the
+    worker's stream), so augmentation is a pure function of where the sample falls, whichever
+    process runs it and whenever (exact resume). Undecodable samples become BadSamples."""
+
+    def stage(items):
+        info = get_worker_info()
+        worker = info.id if info else 0
+        for position, item in enumerate(items):
+            if isinstance(item, BadSample):
+                yield item
+                continue
+            where = f"{item['__url__']} {item['__key__']}"
+            step_seed(*key, worker, position)
+            try:
+                yield decode(item)
+            except CorruptSample as e:
+                yield BadSample(where, str(e))
+            except UserError as e:
+                yield BadSample(where, str(e), fatal=True)
+
+    return stage
+
+
+def _batch_stage(collate, batch: int, max_bad_in_a_row: int):
+    """Pipeline stage: decoded samples -> (collate(batch of them), BadSamples met since the last
+    batch); a fatal BadSample, or more damaged samples in a row than the limit (no good sample is
+    left to find), ends the stream with (None, [...])."""
+
+    def stage(items):
+        good, bad, in_a_row = [], [], 0
+        for item in items:
+            if isinstance(item, BadSample):
+                bad.append(item)
+                in_a_row += 1
+                if item.fatal:
+                    yield None, bad
+                    return
+                if in_a_row > max_bad_in_a_row:
+                    yield None, bad + [BadSample(item.where, f"{in_a_row} damaged samples in a row and no good one; "
+                                                             f"the last: {item.reason}", fatal=True)]
+                    return
+                continue
+            in_a_row = 0
+            good.append(item)
+            if len(good) == batch:
+                yield collate(good), bad
+                good, bad = [], []
+
+    return stage
+
+
+def shard_batches(urls: list, decode, collate, batch: int, workers: int, steps: int, key: tuple, tally: CorruptTally,
+                  skip: int = 0):
     """Endless, seeded resampling of this rank's shards -> shuffled samples -> batches of
-    to_triple(sample); exactly `steps` batches (with_epoch on the loader counts per rank). Resuming
-    mid-epoch replays the epoch's seeded stream and drops the first `skip` batches."""
+    decode(sample); exactly `steps` batches (with_epoch on the loader counts per rank). `key` (seed,
+    epoch, rank) seeds the shard draws, the shuffle and every sample's augmentation. Resuming
+    mid-epoch replays the epoch's keyed stream and drops the first `skip` batches."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
     pipeline = wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, deterministic=True),
-        _samples_of_shards,
+        _shard_reader(urls),
         wds.shuffle(1000, initial=200, rng=random.Random(seed)),
-        wds.map(to_triple),  # to_triple decodes the raw bytes it needs
-        wds.batched(batch, collation_fn=collate, partial=False),
+        _decode_stage(decode, key),  # decode reads and augments the raw bytes it needs
+        _batch_stage(collate, batch, max(tally.limit, 1)),
     )
-    it = iter(wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(steps))
-    for _ in range(skip):
-        next(it)
-    return it
+    loader = wds.WebLoader(pipeline, batch_size=None, num_workers=workers).with_epoch(steps)
+    return tallied(loader, tally, skip)
