@@ -5,6 +5,7 @@ reported by the renderer inside a trainer is handled the same way.
 """
 
 import argparse
+import os
 import sys
 
 from fractalgen.errors import UserError
@@ -13,12 +14,30 @@ __all__ = ["ArgumentParser", "UserError", "run_main"]
 
 
 def run_main(fn, *args, **kwargs):
-    """Call an entry point; a UserError becomes `error: <message>` on stderr and exit status 2."""
+    """Call an entry point; a UserError becomes `error: <message>` on stderr and exit status 2 (or
+    the error's own `exit_code`), Ctrl-C one line and exit status 130."""
     try:
         return fn(*args, **kwargs)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _exit(f"error: {e}", getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+        _exit("error: interrupted", 130)
+
+
+def _exit(line: str, code: int):
+    print(line, file=sys.stderr, flush=True)
+    if _in_process_group():
+        # other ranks may wait in a collective for this one: leave now (a normal exit can block in the
+        # process group's shutdown); the launcher then ends the other ranks
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _in_process_group() -> bool:
+    torch = sys.modules.get("torch")  # never import torch just to ask
+    return bool(torch and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1)
 
 
 class ArgumentParser(argparse.ArgumentParser):
