@@ -6,6 +6,8 @@
   label string) or 6-label multi-label; a stratified, seeded train/validation split; full-size JPEGs
   resized once into a cache.
 - ImageFolder: train/<class>/ and val/<class>/.
+- STL-10: the official binary release (stl10_binary/: 96x96 column-major planes, labels 1..10), the
+  test images as the validation split, optionally one official 1,000-image training fold.
 
 Each loader returns a Split(train, val, classes, multilabel) of map-style datasets over PIL images.
 """
@@ -241,6 +243,74 @@ def load_imagefolder(root: str) -> Split:
     return Split(FileImages(*parts["train"][1:]), FileImages(*parts["val"][1:]), parts["train"][0], False)
 
 
+# --- STL-10, official binary release (stl10_binary/) ---------------------------------------------
+
+STL10_SIZE = 96
+STL10_FILES = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt")
+
+
+def _stl10_images(path: str) -> np.ndarray:
+    """(N, 96, 96, 3) uint8 view of an STL-10 image file (memory-mapped: read as images are used). Each
+    image is 3 channel planes, each column-major, so the planes read as (x, y) are transposed."""
+    per_image = 3 * STL10_SIZE * STL10_SIZE
+    size = os.path.getsize(path)
+    if size == 0 or size % per_image:
+        raise UserError(f"{path}: {size} bytes is not a whole number of 96x96x3 images ({per_image} bytes each)")
+    planes = np.memmap(path, dtype=np.uint8, mode="r", shape=(size // per_image, 3, STL10_SIZE, STL10_SIZE))
+    return planes.transpose(0, 3, 2, 1)
+
+
+def _stl10_labels(path: str, count: int, images: str) -> np.ndarray:
+    labels = np.fromfile(path, dtype=np.uint8)
+    if len(labels) != count:
+        raise UserError(f"{path} holds {len(labels)} labels but {images} holds {count} images")
+    if len(labels) and (labels.min() < 1 or labels.max() > 10):
+        raise UserError(f"{path}: labels must be 1..10 (the official files), found {labels.min()}..{labels.max()}")
+    return labels.astype(np.int64) - 1  # 0..9 for training
+
+
+def stl10_fold(folder: str, fold: int, n_train: int) -> list:
+    """Training indices of an official 1,000-image fold (line `fold` of fold_indices.txt, 0-based)."""
+    if not (isinstance(fold, int) and 0 <= fold <= 9):
+        raise UserError(f"data.fold={fold!r}: STL-10 has the official folds 0..9 (or null for all training images)")
+    path = os.path.join(folder, "fold_indices.txt")
+    if not os.path.exists(path):
+        raise UserError(f"data.fold={fold} needs {path} (in the official stl10_binary/); or set data.fold=null")
+    with open(path) as f:
+        lines = [line.split() for line in f if line.strip()]
+    if len(lines) != 10:
+        raise UserError(f"{path}: expected 10 lines of training indices (one per fold), found {len(lines)}")
+    try:
+        idx = [int(i) for i in lines[fold]]
+    except ValueError:
+        raise UserError(f"{path}: line {fold + 1} must hold whole-number indices") from None
+    if not idx or min(idx) < 0 or max(idx) >= n_train:
+        raise UserError(f"{path}: fold {fold} indices must lie in 0..{n_train - 1}")
+    return idx
+
+
+def load_stl10(root: str, fold: int | None = None) -> Split:
+    """STL-10's labelled images: train (5,000, or one 1,000-image fold) and test (8,000) as the validation
+    split; unlabeled_X.bin is not read."""
+    folder = _find(root, "stl10_binary")
+    missing = [f for f in STL10_FILES if not os.path.exists(os.path.join(folder, f))]
+    if missing:
+        found = sorted(os.listdir(folder))[:6] if os.path.isdir(folder) else "nothing (no such folder)"
+        raise UserError(f"STL-10 at {root}: expected stl10_binary/ with {', '.join(STL10_FILES)}; missing {missing}, "
+                        f"found {found}")
+    with open(os.path.join(folder, "class_names.txt")) as f:
+        classes = [line.strip() for line in f if line.strip()]
+    if len(classes) != 10:
+        raise UserError(f"{os.path.join(folder, 'class_names.txt')}: expected 10 class names, found {len(classes)}")
+    parts = {}
+    for split in ("train", "test"):
+        images_path = os.path.join(folder, f"{split}_X.bin")
+        images = _stl10_images(images_path)
+        parts[split] = ArrayImages(images, _stl10_labels(os.path.join(folder, f"{split}_y.bin"), len(images), images_path))
+    train = parts["train"] if fold is None else parts["train"].take(stl10_fold(folder, fold, len(parts["train"])))
+    return Split(train, parts["test"], classes, False)
+
+
 def stratified_split(groups: list, val_fraction: float, seed: int) -> tuple[list, list]:
     """Indices of train and val: the same fraction of every group (label string), seeded."""
     rng = np.random.default_rng(seed)
@@ -347,7 +417,9 @@ def _load_format(data: dict) -> Split:
                                     int(data.get("split_seed", 0)), int(data.get("cache_size", 384)))
     if fmt == "imagefolder":
         return load_imagefolder(path)
-    raise UserError(f"unknown data.format {fmt!r}; use cifar10, cifar100, plant_pathology or imagefolder")
+    if fmt == "stl10":
+        return load_stl10(path, data["fold"])
+    raise UserError(f"unknown data.format {fmt!r}; use cifar10, cifar100, plant_pathology, imagefolder or stl10")
 
 
 def subsample_per_class(targets, per_class: int, seed: int) -> list:
