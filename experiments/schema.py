@@ -207,8 +207,10 @@ def load_experiment(path: str, quick: bool = False, overrides: list[str] = (), h
     if quick:
         raw = merge(raw, raw["quick"])
     raw.pop("quick", None)
-    for text in overrides:
-        apply_override(raw, text)
+    if overrides:  # on the checked file, so that a key left at its default can be overridden too
+        raw = check_experiment(raw, path)
+        for text in overrides:
+            apply_override(raw, text)
     if holdout is not None:
         from finetune.datasets import check_holdout  # here: the runner otherwise never loads torch
 
