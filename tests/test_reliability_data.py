@@ -186,3 +186,176 @@ def test_two_identical_renders_at_once_both_finish(tmp_path):
         if name.endswith((".tar", ".json")):
             assert (tmp_path / "shared" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes(), name
     assert "dataset.json" in names
+
+
+# --- pretraining shards: checked at start, damaged samples named and counted, never a hang
+
+TINY = "configs/pretrain/tiny_cpu.yaml"
+
+
+def make_source_for(path, *overrides, source="shards", batch=8):
+    from common.config import load_config
+    from common.transforms import make_transforms
+    from pretrain.config import PretrainConfig
+    from pretrain.data import make_source
+
+    cfg = load_config(TINY, [f"data.source={source}", "data.workers=0", f"batch_size={batch}", *overrides],
+                      PretrainConfig)
+    cfg["data"]["path"] = str(path)
+    transforms = make_transforms(cfg["aug"], cfg["img_size"], cfg["mean"], cfg["std"], uint8_train=True)
+    return make_source(cfg, transforms, batch, 0, 1)
+
+
+@pytest.fixture
+def shards(tmp_path, fractal_shards):
+    """A private copy of the 96-sample, 4-shard fractal dataset (single, 4 classes, 32 px)."""
+    import shutil
+
+    return shutil.copytree(fractal_shards, tmp_path / "shards")
+
+
+def member_offset(tar_path, name):
+    import tarfile
+
+    with tarfile.open(tar_path) as tar:
+        member = tar.getmember(name)
+        return member.offset_data, member.size
+
+
+def overwrite(path, offset, data: bytes):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def all_batches(source, epoch=0, skip=0):
+    return list(source.train_batches(epoch, skip))
+
+
+@pytest.fixture
+def no_hang():
+    """Fail instead of hanging forever (the bug this file guards against)."""
+    import signal
+
+    def stop(*_):
+        raise TimeoutError("the loader hung")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_shards_checked_against_the_card_at_start(shards):
+    import tarfile
+
+    shard = shards / "single-000001.tar"
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match=rf"single-000001.tar has {len(good) // 2} bytes, the card says {len(good)}"):
+        make_source_for(shards)
+    with tarfile.open(shard, "w"):  # an empty tar
+        pass
+    with pytest.raises(UserError, match="single-000001.tar has 10240 bytes, the card says"):
+        make_source_for(shards)
+    shard.write_bytes(good)
+    offset, _ = member_offset(shard, "000000030.png")
+    overwrite(shard, offset + 100, b"\x00\x01\x02")  # same size, other bytes
+    make_source_for(shards)  # data.verify=size (the default) does not read the shards
+    with pytest.raises(UserError, match="single-000001.tar: sha256 differs from the card"):
+        make_source_for(shards, "data.verify=sha256")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_damaged_png_is_skipped_and_counted_up_to_max_corrupt(shards, workers, no_hang):
+    shard = shards / "single-000000.tar"
+    offset, size = member_offset(shard, "000000003.png")
+    overwrite(shard, offset + size // 2, b"\x00" * 40)
+    source = make_source_for(shards, f"data.workers={workers}", "data.max_corrupt=5")
+    batches = all_batches(source)
+    assert len(batches) == 96 // 8 and source.corrupt == 1
+    keys = {k for _, _, ks in batches for k in ks}
+    assert "000000003" not in keys and len(keys) > 40
+    strict = make_source_for(shards, f"data.workers={workers}", "data.max_corrupt=0")
+    with pytest.raises(UserError, match=r"more than data.max_corrupt=0; the last: .*single-000000.tar 000000003: "
+                                        r"image does not decode"):
+        all_batches(strict)
+
+
+def test_label_outside_the_classes_stops_with_shard_and_key(shards, no_hang):
+    shard = shards / "single-000002.tar"
+    offset, size = member_offset(shard, "000000050.cls")
+    assert size == 1
+    overwrite(shard, offset, b"7")  # 4 classes: 0..3
+    with pytest.raises(UserError, match=r"single-000002.tar 000000050: class 7 is outside the 4 classes"):
+        all_batches(make_source_for(shards, "data.max_corrupt=100"))
+
+
+def write_imagenet_shards(root, train_shards=2, per_shard=8, classes=3):
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_shards), ("val", 1)):
+        os.makedirs(root / split)
+        for s in range(count):
+            with tarfile.open(root / split / f"imagenet-{split}-{s:06d}.tar", "w") as tar:
+                for i in range(per_shard):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (36, 36, 3)).astype(np.uint8)).save(buf, "JPEG")
+                    for ext, data in (("jpg", buf.getvalue()), ("cls", str(i % classes).encode())):
+                        info = tarfile.TarInfo(f"s{s}_{i:04d}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_empty_shards_end_in_one_line_not_a_hang(tmp_path, workers, no_hang):
+    import tarfile
+
+    root = write_imagenet_shards(tmp_path / "wds")
+    for s in range(2):
+        with tarfile.open(root / "train" / f"imagenet-train-{s:06d}.tar", "w"):
+            pass
+    source = make_source_for(root, "data.num_classes=3", "data.train_samples=16", f"data.workers={workers}",
+                             source="imagenet")
+    with pytest.raises(UserError, match="none of the 2 shards holds a sample"):
+        all_batches(source)
+
+
+def test_truncated_imagenet_shard_is_skipped_and_named(tmp_path, no_hang, capsys):
+    root = write_imagenet_shards(tmp_path / "wds")
+    shard = root / "train" / "imagenet-train-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    source = make_source_for(root, "data.num_classes=3", "data.train_samples=16", source="imagenet")
+    assert len(all_batches(source)) == 2 and source.corrupt == 1
+    import re
+
+    assert re.search(r"warning: skipped damaged sample \S*imagenet-train-000001.tar after sample s1_000\d: damaged tar",
+                     capsys.readouterr().err)
+    # a class number past data.num_classes is named with its shard and key
+    small = make_source_for(root, "data.num_classes=2", "data.train_samples=16", source="imagenet")
+    with pytest.raises(UserError, match=r"imagenet-train-00000[01].tar s[01]_000[25]: class 2 is outside the 2"):
+        all_batches(small)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_shard_batches_are_a_function_of_the_position(shards, workers):
+    """What --resume relies on: skipping k batches gives exactly the batches k.. of a full epoch, the
+    same pixels whatever the global random state was (workers augment under per-sample seeds)."""
+    import torch
+
+    source = make_source_for(shards, f"data.workers={workers}")
+    torch.manual_seed(1)
+    full = all_batches(source, epoch=1)
+    torch.manual_seed(2)
+    np.random.seed(2)
+    resumed = all_batches(source, epoch=1, skip=5)
+    assert len(full) == 12 and len(resumed) == 7
+    for (a, ta, ka), (b, tb, kb) in zip(full[5:], resumed):
+        assert ka == kb and torch.equal(ta, tb) and torch.equal(a, b)
+    other_epoch = all_batches(source, epoch=2)
+    assert not torch.equal(other_epoch[0][0], full[0][0])  # crops do vary
