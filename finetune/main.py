@@ -13,20 +13,22 @@ labelled) and model.safetensors.
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from accelerate import skip_first_batches
 
-from common.config import load_config, save_config
-from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
+from common import runs
+from common.config import dump, load_config, save_config
+from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything, step_seed
 from common.errors import ArgumentParser, UserError, run_main
-from common.models import count_parameters, create_model, export_model, read_sidecar
+from common.io import atomic_write, write_json
+from common.models import TIMM_PREFIX, count_parameters, create_model, export_model, published_weights, read_sidecar
 from common.plots import confusion, curves
 from finetune import augment, datasets
+from finetune.config import FinetuneConfig
 from finetune.fewshot import features, few_shot
-
-MODES = ("finetune", "linear_probe", "few_shot")
-
 
 def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,40 +36,68 @@ def parse_args(argv=None):
     ap.add_argument("--init", default="scratch", help="scratch, a pretrain model.safetensors, or timm weights")
     ap.add_argument("--data", help="dataset folder (sets data.path)")
     ap.add_argument("--out", help="run folder (default runs/finetune/<config name>)")
+    runs.add_resume_arguments(ap)
+    ap.add_argument("--print-config", action="store_true", help="print the resolved, checked config and exit")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=1 model=resnet18 mode=linear_probe")
     return ap.parse_args(argv)
 
 
 def resolve(args) -> dict:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, FinetuneConfig)
     if args.data:
         cfg["data"]["path"] = args.data
     cfg["init"] = args.init
     cfg["run_dir"] = args.out or os.path.join("runs", "finetune", os.path.splitext(os.path.basename(args.config))[0])
-    if cfg["mode"] not in MODES:
-        raise UserError(f"mode must be one of {', '.join(MODES)}, got {cfg['mode']!r}")
-    eval_every = cfg.get("eval_every", 1)
-    if isinstance(eval_every, bool) or not isinstance(eval_every, (int, float)) or eval_every <= 0:
-        raise UserError(f"eval_every must be a number above 0 (epochs between validations, e.g. 1 or 0.5), "
-                        f"got {eval_every!r}")
-    sidecar = read_sidecar(args.init) if args.init != "scratch" else None
-    if args.init != "scratch" and not os.path.exists(args.init):
-        raise UserError(f"--init {args.init} does not exist; pass scratch or a weights file")
-    if sidecar:  # the weights decide the architecture and normalisation unless the config pins them
-        if cfg.get("model") in (None, "auto"):
-            cfg["model"] = sidecar["model"]
-        if not cfg.get("model_kwargs"):
-            cfg["model_kwargs"] = sidecar.get("model_kwargs") or {}
-        if cfg.get("mean") in (None, "auto"):
-            cfg["mean"], cfg["std"] = sidecar["mean"], sidecar["std"]
-        cfg["pretrain_source"] = sidecar.get("source")
-        if sidecar.get("images_seen") and isinstance(cfg["pretrain_source"], dict):  # the pretraining budget
-            cfg["pretrain_source"]["images_seen"] = sidecar["images_seen"]
-    if cfg.get("model") in (None, "auto"):
-        raise UserError("set model=<timm name> (or pass --init weights with a model.json sidecar)")
-    if cfg.get("mean") in (None, "auto"):
+    if args.init.startswith(TIMM_PREFIX):
+        _take_from_published(cfg, args.init)
+    else:
+        _take_from_sidecar(cfg, args.init)
+    if cfg["model"] == "auto":
+        raise UserError("set model=<timm name> (or pass --init weights with a model.json sidecar, or timm:<name>.<tag>)")
+    if cfg["mean"] == "auto":
         cfg["mean"], cfg["std"] = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    if cfg["img_size"] == "auto":
+        cfg["img_size"] = 32
+    if cfg["aug"]["interpolation"] == "auto":
+        cfg["aug"]["interpolation"] = "bicubic"
     return cfg
+
+
+def _take_from_sidecar(cfg: dict, init: str) -> None:
+    """A pretrain model.safetensors: its model.json decides the architecture and normalisation unless
+    the config pins them."""
+    if init == "scratch":
+        return
+    if not os.path.exists(init):
+        raise UserError(f"--init {init} does not exist; pass scratch, a weights file or timm:<name>.<tag>")
+    sidecar = read_sidecar(init)
+    if not sidecar:
+        return
+    if cfg["model"] == "auto":
+        cfg["model"] = sidecar["model"]
+    if not cfg["model_kwargs"]:
+        cfg["model_kwargs"] = sidecar.get("model_kwargs") or {}
+    if cfg["mean"] == "auto":
+        cfg["mean"], cfg["std"] = sidecar["mean"], sidecar["std"]
+    cfg["pretrain_source"] = sidecar.get("source")
+    if sidecar.get("images_seen") and isinstance(cfg["pretrain_source"], dict):  # the pretraining budget
+        cfg["pretrain_source"]["images_seen"] = sidecar["images_seen"]
+
+
+def _take_from_published(cfg: dict, init: str) -> None:
+    """timm:<name>[.<tag>]: timm's registry names the model and the weights' normalisation, input size
+    and interpolation (each unless the config pins it); the source is named in words for the report."""
+    weights = published_weights(init)
+    if cfg["model"] == "auto":
+        cfg["model"] = weights["model"]
+    if cfg["mean"] == "auto":
+        cfg["mean"], cfg["std"] = weights["mean"], weights["std"]
+    if cfg["img_size"] == "auto":
+        cfg["img_size"] = weights["img_size"]
+    if cfg["aug"]["interpolation"] == "auto":
+        cfg["aug"]["interpolation"] = weights["interpolation"]
+    cfg["pretrain_source"] = {"kind": "timm", "weights": weights["weights"], "tag": weights["tag"],
+                              "description": weights["description"]}
 
 
 def with_transform(dataset, transform):
@@ -76,133 +106,182 @@ def with_transform(dataset, transform):
     return dataset
 
 
+class SeededSamples(torch.utils.data.Dataset):
+    """Training samples whose random augmentation is a pure function of (seed, epoch, index): the same
+    draws whatever the number of loader workers, and again when a run is resumed."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        step_seed(self.seed, self.epoch, index, 1)  # the trailing 1 keeps these apart from update seeds
+        return self.dataset[index]
+
+
+@dataclass
+class Data:
+    """The datasets of a run, transforms attached."""
+
+    split: datasets.Split
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    num_classes: int
+    engine_aug: dict  # batch-level augmentation (mixup/cutmix) of the preset, for the engine
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = resolve(args)
-    acc = make_accelerator(cfg)
-    seed_everything(int(cfg["seed"]), acc)
-    split = datasets.load(cfg)
-    if split.multilabel and not cfg["data"].get("multilabel", False):
-        raise UserError("this dataset is multi-label but the config is single-label; use a multi-label config "
-                        "(e.g. configs/finetune/plant_pathology_multilabel.yaml) or data.multilabel=true")
-    num_classes = len(split.classes)
-    train_tf, eval_tf, engine_aug = augment.make(cfg["augment"], int(cfg["img_size"]), cfg["mean"], cfg["std"], cfg["aug"])
-    cfg["aug"].update(engine_aug)
-    train_set, val_set = split.train, split.val
-    per_class = cfg["data"].get("train_per_class")
-    if per_class:
-        train_set = torch.utils.data.Subset(train_set, datasets.subsample_per_class(
-            train_set.targets, int(per_class), int(cfg["data"].get("subset_seed", 0))))
-    # the model: scratch or pretrained weights, head sized for this dataset
-    model = create_model(cfg["model"], num_classes, img_size=int(cfg["img_size"]), init=cfg["init"],
-                         drop_path_rate=float(cfg.get("drop_path", 0.0)) if cfg["mode"] == "finetune" else 0.0,
-                         model_kwargs=cfg.get("model_kwargs"))
-    run_dir = cfg["run_dir"]
-    if acc.is_main_process:
-        os.makedirs(run_dir, exist_ok=True)
-        for stale in ("metrics.jsonl", "final.json"):  # a fresh run: no lines from an earlier one
-            if os.path.exists(os.path.join(run_dir, stale)):
-                os.remove(os.path.join(run_dir, stale))
-        save_config(cfg, run_dir)
-    acc.wait_for_everyone()
-    eval_batch = int(cfg.get("eval_batch", 256))
-
-    if cfg["mode"] == "few_shot":
-        model = model.to(acc.device).eval()
-        fx, fy = features(model, with_transform(train_set, eval_tf), acc, eval_batch)
-        vx, vy = features(model, with_transform(val_set, eval_tf), acc, eval_batch)
-        result = few_shot(fx, fy, vx, vy, num_classes, cfg["few_shot"]["shots"], int(cfg["few_shot"]["trials"]),
-                          float(cfg["few_shot"]["l2"]), int(cfg["seed"]))
-        if acc.is_main_process:
-            final = {"mode": "few_shot", "model": cfg["model"], "init": cfg["init"], "dataset": cfg["data"]["format"],
-                     "pretrain_source": cfg.get("pretrain_source"), "few_shot": result}
-            _write_json(os.path.join(run_dir, "final.json"), final)
-            print(json.dumps(result))
+    if args.print_config:
+        print(dump(cfg), end="")
         return
-
-    train_mode = param_groups = None  # full fine-tuning: every parameter, plain train mode
-    if cfg["mode"] == "linear_probe":
-        head = model.get_classifier()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in head.parameters():
-            p.requires_grad_(True)
-        param_groups = [{"params": [p for p in head.parameters()]}]
-
-        def probe_mode(m):  # backbone frozen in eval mode (no BN statistics, no dropout); head trains
-            m.eval()
-            acc.unwrap_model(m).get_classifier().train()
-
-        train_mode = probe_mode
-
-    total, trainable = count_parameters(model)
-    acc.print(f"{cfg['model']} ({cfg['mode']}, init {cfg['init']}): {total:,} parameters, {trainable:,} trainable; "
-              f"{len(train_set)} train / {len(val_set)} val images, {num_classes} classes")
-    batch = per_rank_batch(int(cfg["batch_size"]), acc)
-    loader = torch.utils.data.DataLoader(with_transform(train_set, train_tf), batch_size=batch, shuffle=True,
-                                         num_workers=int(cfg["data"]["workers"]), drop_last=True,
-                                         generator=torch.Generator().manual_seed(int(cfg["seed"])))
-    loader = acc.prepare_data_loader(loader)
-    steps = len(loader)
-    if steps < 1:
-        raise UserError(f"{len(train_set)} training images are fewer than one batch ({cfg['batch_size']}); lower batch_size")
-    trainer = Trainer(cfg, model, acc, run_dir, num_classes=num_classes, multilabel=split.multilabel,
-                      steps_per_epoch=steps, epochs=int(cfg["epochs"]), global_batch=int(cfg["batch_size"]),
-                      param_groups=param_groups, train_mode=train_mode, train_metrics=True)
-    val_set = with_transform(val_set, eval_tf)
-    history, last_confusion = [], {}
-
-    def batches(epoch, skip):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for i, (images, targets) in enumerate(loader):
-            if i >= skip:
-                yield images, targets, ()
-
-    def validate(m):
-        result = evaluate(m, val_set, acc, eval_batch, num_classes, split.multilabel)
-        last_confusion["cm"] = result.pop("confusion", None)
-        return result
-
-    trainer.fit(batches, evaluate=validate, eval_every_epochs=float(cfg.get("eval_every", 1)),
-                checkpoint_every=int(cfg.get("checkpoint_every", 0)), on_epoch_end=history.append)
-
+    acc = make_accelerator(cfg)
+    status = runs.prepare(cfg, args.resume or bool(args.resume_from), acc)
+    if status == runs.FINISHED:
+        acc.print(f"{cfg['run_dir']} is a finished run (final.json); nothing to do")
+        return
+    if args.resume_from and status == runs.FRESH:
+        raise UserError(f"--resume-from {args.resume_from}: {cfg['run_dir']} holds no run to continue")
+    seed_everything(cfg["seed"], acc)
+    data = load_data(cfg)
+    model = make_model(cfg, data.num_classes)
     if acc.is_main_process:
-        export_model(acc.unwrap_model(trainer.model), run_dir, {
-            "model": cfg["model"], "model_kwargs": cfg.get("model_kwargs") or {}, "num_classes": num_classes,
-            "img_size": int(cfg["img_size"]), "mean": cfg["mean"], "std": cfg["std"], "multilabel": split.multilabel,
-            "source": {"finetuned_on": cfg["data"]["format"], "init": cfg["init"]}, "recipe": cfg["mode"]})
-        _outputs(cfg, run_dir, history, last_confusion.get("cm"), split, total, trainable)
+        save_config(cfg, cfg["run_dir"])
+    if cfg["mode"] == "few_shot":
+        run_few_shot(cfg, model, data, acc)
+    else:
+        trainer, last_confusion = train(cfg, model, data, acc, resume=status == runs.RESUME,
+                                        checkpoint=args.resume_from)
+        write_results(cfg, trainer, data, last_confusion, acc)
     acc.wait_for_everyone()
     acc.end_training()
 
 
-def _outputs(cfg, run_dir, history, cm, split, total, trainable):
+def load_data(cfg: dict) -> Data:
+    split = datasets.load(cfg)
+    if split.multilabel and not cfg["data"]["multilabel"]:
+        raise UserError("this dataset is multi-label but the config is single-label; use a multi-label config "
+                        "(e.g. configs/finetune/plant_pathology_multilabel.yaml) or data.multilabel=true")
+    train_tf, eval_tf, engine_aug = augment.make(cfg["augment"], cfg["img_size"], cfg["mean"], cfg["std"], cfg["aug"])
+    train_set = split.train
+    if cfg["data"]["train_per_class"]:  # low-data regime
+        train_set = torch.utils.data.Subset(train_set, datasets.subsample_per_class(
+            train_set.targets, cfg["data"]["train_per_class"], cfg["data"]["subset_seed"]))
+    if cfg["mode"] == "few_shot":
+        train_tf = eval_tf  # features of the plain images
+    return Data(split, with_transform(train_set, train_tf), with_transform(split.val, eval_tf), len(split.classes),
+                engine_aug)
+
+
+def make_model(cfg: dict, num_classes: int) -> torch.nn.Module:
+    """Scratch or pretrained weights, the head sized for this dataset; a linear probe freezes all but the head."""
+    model = create_model(cfg["model"], num_classes, img_size=cfg["img_size"], init=cfg["init"],
+                         drop_path_rate=cfg["drop_path"] if cfg["mode"] == "finetune" else 0.0,
+                         model_kwargs=cfg["model_kwargs"])
+    if cfg["mode"] == "linear_probe":
+        model.requires_grad_(False)
+        model.get_classifier().requires_grad_(True)
+    return model
+
+
+def run_few_shot(cfg: dict, model, data: Data, acc) -> None:
+    model = model.to(acc.device).eval()
+    fx, fy = features(model, data.train, acc, cfg["eval_batch"])
+    vx, vy = features(model, data.val, acc, cfg["eval_batch"])
+    shots = cfg["few_shot"]
+    result = few_shot(fx, fy, vx, vy, data.num_classes, shots["shots"], shots["trials"], shots["l2"], cfg["seed"])
+    if acc.is_main_process:
+        final = {"mode": "few_shot", "model": cfg["model"], "init": cfg["init"], "dataset": cfg["data"]["format"],
+                 "pretrain_source": cfg.get("pretrain_source"), "few_shot": result}
+        write_json(os.path.join(cfg["run_dir"], "final.json"), final, indent=1, default=float)
+        print(json.dumps(result))
+
+
+def train(cfg: dict, model, data: Data, acc, resume: bool, checkpoint: str | None):
+    """Fine-tune (or train the probe's head); returns the trainer and the last validation confusion matrix."""
+    train_mode = None  # full fine-tuning: plain train mode
+    if cfg["mode"] == "linear_probe":
+        def train_mode(m):  # backbone frozen in eval mode (no BN statistics, no dropout); head trains
+            m.eval()
+            acc.unwrap_model(m).get_classifier().train()
+
+    total, trainable = count_parameters(model)
+    acc.print(f"{cfg['model']} ({cfg['mode']}, init {cfg['init']}): {total:,} parameters, {trainable:,} trainable; "
+              f"{len(data.train)} train / {len(data.val)} val images, {data.num_classes} classes")
+    samples = SeededSamples(data.train, cfg["seed"])
+    generator = torch.Generator()
+    loader = acc.prepare_data_loader(torch.utils.data.DataLoader(
+        samples, batch_size=per_rank_batch(cfg["batch_size"], acc), shuffle=True, num_workers=cfg["data"]["workers"],
+        drop_last=True, generator=generator))
+    if len(loader) < 1:
+        raise UserError(f"{len(data.train)} training images are fewer than one batch ({cfg['batch_size']}); "
+                        f"lower batch_size")
+    engine_cfg = {**cfg, "aug": {**cfg["aug"], **data.engine_aug}}  # the preset's mixup/cutmix (not saved)
+    trainer = Trainer(engine_cfg, model, acc, cfg["run_dir"], num_classes=data.num_classes,
+                      multilabel=data.split.multilabel, steps_per_epoch=len(loader), epochs=cfg["epochs"],
+                      global_batch=cfg["batch_size"], train_mode=train_mode, train_metrics=True)
+    if resume:
+        trainer.resume(checkpoint)
+
+    def batches(epoch, skip):
+        """The epoch's batches, a pure function of (seed, epoch): order and augmentation alike."""
+        samples.epoch = epoch
+        generator.manual_seed(int(np.random.SeedSequence([cfg["seed"], epoch]).generate_state(1)[0]))
+        loader.set_epoch(epoch)
+        for images, targets in skip_first_batches(loader, skip) if skip else loader:  # skipped: never loaded
+            yield images, targets, ()
+
+    last_confusion = {}
+
+    def validate(m):
+        result = evaluate(m, data.val, acc, cfg["eval_batch"], data.num_classes, data.split.multilabel)
+        last_confusion["cm"] = result.pop("confusion", None)
+        return result
+
+    trainer.fit(batches, evaluate=validate, eval_every=cfg["eval_every"], checkpoint_every=cfg["checkpoint_every"])
+    if "cm" not in last_confusion:  # resumed after the last update: the results were not written yet
+        validate(trainer.eval_model)
+    return trainer, last_confusion.get("cm")
+
+
+def write_results(cfg: dict, trainer: Trainer, data: Data, cm, acc) -> None:
+    """Weights, pictures and, last, final.json (the mark of a finished run); rank 0."""
+    if not acc.is_main_process:
+        return
+    run_dir, split = cfg["run_dir"], data.split
+    total, trainable = count_parameters(trainer.export_model())
+    with open(trainer.metrics_path) as f:
+        history = [r for r in map(json.loads, f) if "train_loss_avg" in r or "val_loss" in r]
     key = "val_map" if split.multilabel else "val_acc"
     best = max(history, key=lambda r: r.get(key, -1))
     pick = lambda r: {k: v for k, v in r.items() if not isinstance(v, (list, dict))}  # noqa: E731
     final = {"mode": cfg["mode"], "model": cfg["model"], "init": cfg["init"], "dataset": cfg["data"]["format"],
              "augment": cfg["augment"], "pretrain_source": cfg.get("pretrain_source"), "seed": cfg["seed"],
-             "train_images": cfg["data"].get("train_per_class") and cfg["data"]["train_per_class"] * len(split.classes),
-             "holdout": cfg["data"].get("holdout"),  # evaluated on held-out training images, not the test split
-             "parameters": total, "trainable_parameters": trainable, "epochs": int(cfg["epochs"]),
-             "last_epoch": pick(history[-1]), "best_epoch": pick(best),
+             "train_images": cfg["data"]["train_per_class"] and cfg["data"]["train_per_class"] * len(split.classes),
+             "holdout": cfg["data"]["holdout"],  # evaluated on held-out training images, not the test split
+             "parameters": total, "trainable_parameters": trainable, "epochs": cfg["epochs"],
+             "weights": trainer.weights_kind, "last_epoch": pick(history[-1]), "best_epoch": pick(best),
              "note": "last_epoch is the result; best_epoch is selected on the validation split and reported as an extra"}
-    _write_json(os.path.join(run_dir, "final.json"), final)
-    curves(history, os.path.join(run_dir, "curves.png"), f"{cfg['model']} {cfg['mode']} init={os.path.basename(cfg['init'])}")
-    if cm is not None:
-        np.savetxt(os.path.join(run_dir, "confusion.csv"), cm, fmt="%d", delimiter=",",
-                   header=",".join(str(c) for c in split.classes))
-        confusion(cm, split.classes, os.path.join(run_dir, "confusion.png"), "last epoch, validation")
+    with trainer.exporting():
+        export_model(trainer.export_model(), run_dir, {
+            "model": cfg["model"], "model_kwargs": cfg["model_kwargs"], "num_classes": data.num_classes,
+            "img_size": cfg["img_size"], "mean": cfg["mean"], "std": cfg["std"], "multilabel": split.multilabel,
+            "source": {"finetuned_on": cfg["data"]["format"], "init": cfg["init"]}, "recipe": cfg["mode"],
+            "weights": trainer.weights_kind})
+        curves(history, os.path.join(run_dir, "curves.png"),
+               f"{cfg['model']} {cfg['mode']} init={os.path.basename(cfg['init'])}")
+        if cm is not None:
+            with atomic_write(os.path.join(run_dir, "confusion.csv")) as f:
+                np.savetxt(f, cm, fmt="%d", delimiter=",", header=",".join(str(c) for c in split.classes))
+            confusion(cm, split.classes, os.path.join(run_dir, "confusion.png"), "last epoch, validation")
+        write_json(os.path.join(run_dir, "final.json"), final, indent=1, default=float)
     last = final["last_epoch"]
-    print(f"last epoch ({last['epoch']}): " + ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("val_") and isinstance(v, float)))
+    print(f"last epoch ({last['epoch']}): " + ", ".join(f"{k}={v:.4f}" for k, v in last.items()
+                                                        if k.startswith("val_") and isinstance(v, float)))
     print(f"best epoch ({best['epoch']}, extra): {key}={best.get(key, float('nan')):.4f}; run folder {run_dir}")
-
-
-def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

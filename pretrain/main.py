@@ -7,15 +7,17 @@ The run folder gets the resolved config.yaml, metrics.jsonl, TensorBoard logs, c
 the end, model.safetensors + model.json (the hand-off to finetune/).
 """
 
-import json
 import os
 import sys
 
-from common.config import load_config, save_config
+from common import runs
+from common.config import dump, load_config, save_config
 from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
 from common.errors import ArgumentParser, UserError, run_main
+from common.io import write_json
 from common.models import count_parameters, create_model, export_model
 from common.transforms import BatchFinish, make_transforms
+from pretrain.config import PretrainConfig
 
 
 def parse_args(argv=None):
@@ -23,13 +25,14 @@ def parse_args(argv=None):
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", help="run folder (default runs/pretrain/<config name>)")
     ap.add_argument("--data", help="fractal dataset folder or ImageNet folder/shards (sets data.path)")
-    ap.add_argument("--resume", nargs="?", const="latest", help="continue the run in --out (latest checkpoint, or a path)")
+    runs.add_resume_arguments(ap)
+    ap.add_argument("--print-config", action="store_true", help="print the resolved, checked config and exit")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. epochs=10 optim.lr=1e-3")
     return ap.parse_args(argv)
 
 
 def resolve(args) -> dict:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, PretrainConfig)
     if args.data:
         cfg["data"]["path"] = args.data
         if cfg["data"]["source"] == "render":  # a folder given to a render config means: use its shards
@@ -39,50 +42,52 @@ def resolve(args) -> dict:
     return cfg
 
 
-def check_run_folder(cfg: dict, resume: str | None) -> None:
-    """A run folder belongs to one config: continuing needs --resume and the same config."""
-    path = os.path.join(cfg["run_dir"], "config.yaml")
-    if not os.path.exists(path):
-        return
-    import yaml
-
-    with open(path) as f:
-        old = yaml.safe_load(f)
-    if not resume:
-        raise UserError(f"{cfg['run_dir']} already holds a run; add --resume to continue it or choose another --out")
-    if old != cfg:
-        differ = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
-        raise UserError(f"--resume with a different config than {path} (differs in: {', '.join(differ)})")
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = resolve(args)
+    if args.print_config:
+        print(dump(cfg), end="")
+        return
     acc = make_accelerator(cfg)
-    if acc.is_main_process:
-        check_run_folder(cfg, args.resume)
-    acc.wait_for_everyone()
-    seed_everything(int(cfg["seed"]), acc)
-    batch = per_rank_batch(int(cfg["batch_size"]), acc)
-    # workers crop/flip/augment to uint8; normalising and random erasing happen per batch on the device
-    transforms = make_transforms(cfg["aug"], int(cfg["img_size"]), cfg["mean"], cfg["std"], uint8_train=True)
-
-    from pretrain.data import make_source
-
-    source = make_source(cfg, transforms, batch, acc.process_index, acc.num_processes)
-    model = create_model(cfg["model"], source.num_classes, img_size=int(cfg["img_size"]),
-                         drop_path_rate=float(cfg.get("drop_path", 0.0)), model_kwargs=cfg.get("model_kwargs"))
-    total, trainable = count_parameters(model)
-    acc.print(f"{cfg['model']}: {total / 1e6:.2f} M parameters; data {source.description}; "
-              f"{source.steps_per_epoch} updates/epoch x {cfg['epochs']} epochs, global batch {cfg['batch_size']}")
-    trainer = Trainer(cfg, model, acc, cfg["run_dir"], num_classes=source.num_classes, multilabel=source.multilabel,
-                      steps_per_epoch=source.steps_per_epoch, epochs=int(cfg["epochs"]),
-                      global_batch=int(cfg["batch_size"]))
-    if args.resume:
-        trainer.resume(args.resume)
+    status = runs.prepare(cfg, args.resume or bool(args.resume_from), acc)
+    if status == runs.FINISHED:
+        acc.print(f"{cfg['run_dir']} is a finished run (final.json); nothing to do")
+        return
+    if args.resume_from and status == runs.FRESH:
+        raise UserError(f"--resume-from {args.resume_from}: {cfg['run_dir']} holds no run to continue")
+    seed_everything(cfg["seed"], acc)
+    source = make_data(cfg, acc)
+    trainer = make_trainer(cfg, source, acc)
+    if status == runs.RESUME:
+        trainer.resume(args.resume_from)
     if acc.is_main_process:
         save_config(cfg, cfg["run_dir"])
+    train(cfg, source, trainer, acc)
+    export(cfg, source, trainer, acc)
+    acc.wait_for_everyone()
+    acc.end_training()
 
+
+def make_data(cfg: dict, acc):
+    from pretrain.data import make_source
+
+    batch = per_rank_batch(cfg["batch_size"], acc)
+    # workers crop/flip/augment to uint8; normalising and random erasing happen per batch on the device
+    transforms = make_transforms(cfg["aug"], cfg["img_size"], cfg["mean"], cfg["std"], uint8_train=True)
+    return make_source(cfg, transforms, batch, acc.process_index, acc.num_processes)
+
+
+def make_trainer(cfg: dict, source, acc) -> Trainer:
+    model = create_model(cfg["model"], source.num_classes, img_size=cfg["img_size"], drop_path_rate=cfg["drop_path"],
+                         model_kwargs=cfg["model_kwargs"])
+    total, _ = count_parameters(model)
+    acc.print(f"{cfg['model']}: {total / 1e6:.2f} M parameters; data {source.description}; "
+              f"{source.steps_per_epoch} updates/epoch x {cfg['epochs']} epochs, global batch {cfg['batch_size']}")
+    return Trainer(cfg, model, acc, cfg["run_dir"], num_classes=source.num_classes, multilabel=source.multilabel,
+                   steps_per_epoch=source.steps_per_epoch, epochs=cfg["epochs"], global_batch=cfg["batch_size"])
+
+
+def train(cfg: dict, source, trainer: Trainer, acc) -> None:
     def batches(epoch, skip):
         for images, targets, keys in source.train_batches(epoch, skip):
             yield images, targets.to(acc.device), keys
@@ -90,29 +95,31 @@ def main(argv=None) -> None:
     val = source.val_loader()
 
     def validate(model):
-        result = evaluate(model, val, acc, int(cfg.get("eval_batch", 256)), source.num_classes, source.multilabel)
+        result = evaluate(model, val, acc, cfg["eval_batch"], source.num_classes, source.multilabel)
         result.pop("confusion", None)
         return result
 
     key_log = None
-    if cfg.get("log_sample_keys"):
+    if cfg["log_sample_keys"]:
         key_log = os.path.join(cfg["run_dir"], f"sample_keys.rank{acc.process_index}.txt")
-    trainer.fit(batches, evaluate=validate, eval_every_epochs=int(cfg.get("eval_every", 1)),
-                checkpoint_every=int(cfg.get("checkpoint_every", 0)), key_log=key_log,
-                finish_batch=BatchFinish(cfg["aug"], cfg["mean"], cfg["std"], acc.device))
+    trainer.fit(batches, evaluate=validate, eval_every=cfg["eval_every"], checkpoint_every=cfg["checkpoint_every"],
+                key_log=key_log, finish_batch=BatchFinish(cfg["aug"], cfg["mean"], cfg["std"], acc.device))
 
-    if acc.is_main_process:
-        sidecar = {"model": cfg["model"], "model_kwargs": cfg.get("model_kwargs") or {},
-                   "num_classes": source.num_classes, "img_size": int(cfg["img_size"]), "mean": cfg["mean"],
-                   "std": cfg["std"], "multilabel": source.multilabel, "source": source.description,
-                   "recipe": cfg.get("recipe"), "updates": trainer.progress.step,
-                   "images_seen": trainer.progress.step * int(cfg["batch_size"])}
-        path = export_model(acc.unwrap_model(trainer.model), cfg["run_dir"], sidecar)
-        with open(os.path.join(cfg["run_dir"], "final.json"), "w") as f:
-            json.dump({"updates": trainer.progress.step, "epochs": trainer.progress.epoch}, f)
-        acc.print(f"weights: {path}")
-    acc.wait_for_everyone()
-    acc.end_training()
+
+def export(cfg: dict, source, trainer: Trainer, acc) -> None:
+    """model.safetensors + model.json (the hand-off to finetune), then final.json: the run is finished."""
+    if not acc.is_main_process:
+        return
+    updates = trainer.progress.step
+    sidecar = {"model": cfg["model"], "model_kwargs": cfg["model_kwargs"], "num_classes": source.num_classes,
+               "img_size": cfg["img_size"], "mean": cfg["mean"], "std": cfg["std"], "multilabel": source.multilabel,
+               "source": source.description, "recipe": cfg["recipe"], "updates": updates,
+               "images_seen": updates * cfg["batch_size"], "weights": trainer.weights_kind}
+    with trainer.exporting():
+        path = export_model(trainer.export_model(), cfg["run_dir"], sidecar)
+        write_json(os.path.join(cfg["run_dir"], "final.json"),
+                   {"updates": updates, "epochs": trainer.progress.epoch, "weights": trainer.weights_kind})
+    acc.print(f"weights: {path}")
 
 
 if __name__ == "__main__":

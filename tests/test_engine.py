@@ -40,7 +40,7 @@ def records(run):
 
 def comparable(rows):
     """Records without the wall-clock fields."""
-    return [{k: v for k, v in r.items() if k not in ("time", "img_per_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("time", "img_per_s", "data_wait", "max_mem_gib")} for r in rows]
 
 
 # --- metrics ------------------------------------------------------------------------------------
