@@ -68,11 +68,22 @@ def apply_override(cfg: dict, text: str) -> None:
         node[rest] = raw
 
 
-def load_config(path: str, overrides: list[str] = ()) -> dict:
+def load_config(path: str, overrides: list[str] = (), schema: type | None = None) -> dict:
+    """The file (with its bases) and the overrides, checked against `schema` (a dataclass from
+    common/schema.py) when given: every key present, typed and in range, unknown keys refused."""
     cfg = _read(path)
     for text in overrides:
         apply_override(cfg, text)
-    return cfg
+    if schema is None:
+        return cfg
+    from .schema import validate
+
+    return validate(cfg, schema, where=f"{path}{' + overrides' if overrides else ''}")
+
+
+def dump(cfg: dict) -> str:
+    """The config as the YAML written into run folders (and printed by --print-config)."""
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def save_config(cfg: dict, run_dir: str, name: str = "config.yaml") -> str:
@@ -80,6 +91,6 @@ def save_config(cfg: dict, run_dir: str, name: str = "config.yaml") -> str:
     path = os.path.join(run_dir, name)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
+        f.write(dump(cfg))
     os.replace(tmp, path)
     return path

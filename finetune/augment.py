@@ -1,17 +1,16 @@
-"""Augmentation presets for fine-tuning: none, basic, thesis, augmix, mixup_cutmix.
+"""Augmentation presets for fine-tuning: none, basic, thesis, augmix, mixup_cutmix, segmentation.
 
 timm supplies what it has (RandomResizedCrop pipeline, AugMix, Mixup/CutMix); the thesis preset
 (resize, rotate, flip, grid dropout, brightness/contrast) uses torchvision transforms plus a small
-GridDropout, which neither timm nor torchvision has.
+GridDropout, which neither timm nor torchvision has; the segmentation preset (random scale 0.5-2,
+rotate +-10 degrees, blur, mirror: the augmentation of segmentation codebases, used in STL-10 transfer
+reports) is torchvision's RandomAffine + GaussianBlur.
 """
 
 import torch
 from torchvision import transforms as T
 
-from common.errors import UserError
 from common.transforms import make_transforms
-
-PRESETS = ("none", "basic", "thesis", "augmix", "mixup_cutmix")
 
 
 class GridDropout(torch.nn.Module):
@@ -37,10 +36,8 @@ class GridDropout(torch.nn.Module):
 
 def make(preset: str, img_size: int, mean, std, aug: dict):
     """(train transform, eval transform, aug overrides for the engine) of a preset."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    base = {"scale": aug.get("scale", [0.35, 1.0]), "hflip": 0.5, "auto_augment": None, "re_prob": 0.0,
-            "interpolation": aug.get("interpolation", "bicubic")}
+    base = {"scale": aug["scale"], "hflip": 0.5, "auto_augment": None, "re_prob": 0.0,
+            "interpolation": aug["interpolation"]}
     engine = {"mixup": 0.0, "cutmix": 0.0}
     _, evaluate = make_transforms(base, img_size, mean, std)
     if preset == "none":
@@ -48,11 +45,21 @@ def make(preset: str, img_size: int, mean, std, aug: dict):
     if preset in ("basic", "mixup_cutmix"):
         train, _ = make_transforms(base, img_size, mean, std)
         if preset == "mixup_cutmix":  # timm picks mixup or cutmix per batch (switch prob 0.5)
-            engine = {"mixup": float(aug.get("mixup") or 0.8), "cutmix": float(aug.get("cutmix") or 1.0),
+            engine = {"mixup": aug["mixup"] or 0.8, "cutmix": aug["cutmix"] or 1.0,
                       "mixup_switch_prob": 0.5}
         return train, evaluate, engine
     if preset == "augmix":
         train, _ = make_transforms({**base, "auto_augment": "augmix-m5-w4-d2"}, img_size, mean, std)
+        return train, evaluate, engine
+    if preset == "segmentation":
+        train = T.Compose([
+            T.Resize((img_size, img_size)),
+            T.RandomAffine(degrees=10, scale=(0.5, 2.0)),  # zoom out (padded) or in (cropped), keeping the size
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.5),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ])
         return train, evaluate, engine
     train = T.Compose([  # thesis: resize, rotate, flip, brightness/contrast, grid dropout
         T.Resize((img_size, img_size)),

@@ -1,0 +1,319 @@
+"""Table-driven bad-input suite: each row is a command a user could type, the exit code it must end
+with, and words its one `error:` line must hold. Every row also checks that no traceback was printed
+and that nothing was written or changed under the case's folder (no half-written results under a
+final name; no earlier run touched).
+
+Rows run in-process (one torch import for the whole table) under an alarm, so a hang fails the row
+instead of the suite. Argument strings may name {tmp} (the row's own folder), {out} ({tmp}/out) and
+the fabricated inputs {cifar}, {shards}, {folder} (read-only, shared by all rows); a row's `setup(tmp)`
+fabricates what it needs in {tmp} before the snapshot is taken.
+
+Add rows to the section of your area (or a new section); keep each row fast (no training to the end).
+"""
+
+import hashlib
+import os
+import signal
+import textwrap
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+
+from tests.conftest import write_cifar10, write_imagefolder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "pretrain", "tiny_cpu.yaml")
+CIFAR10 = os.path.join(ROOT, "configs", "finetune", "cifar10.yaml")
+FOLDER = os.path.join(ROOT, "configs", "finetune", "imagefolder.yaml")
+TIMEOUT_S = 120
+
+
+@dataclass
+class Case:
+    name: str
+    entry: str                    # pretrain | finetune | fractalgen | report | analyze | experiments
+    argv: list
+    words: tuple = ()             # each must appear in the error line (case-insensitive)
+    code: int = 2
+    setup: Callable | None = None  # setup(tmp): fabricate inputs before the snapshot
+    marks: list = field(default_factory=list)
+
+
+def write(path_in_tmp: str, text: str) -> Callable:
+    """setup that writes a text file (e.g. a YAML config) into the row's folder."""
+    def setup(tmp):
+        path = os.path.join(tmp, path_in_tmp)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text).format(root=ROOT, tmp=tmp))
+    return setup
+
+
+def _entry(name: str) -> Callable[[list], int | None]:
+    from common.errors import run_main
+
+    if name == "fractalgen":
+        from fractalgen.cli import main
+        return main
+    module = {"pretrain": "pretrain.main", "finetune": "finetune.main", "report": "finetune.report",
+              "analyze": "finetune.analyze", "experiments": "experiments.__main__"}[name]
+    main = __import__(module, fromlist=["main"]).main
+    return lambda argv: run_main(main, argv)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+CASES = [
+    # == config (typed schema, both trainers) ==
+    Case("pretrain: batch_size not a number", "pretrain", ["--config", TINY, "--out", "{out}", "batch_size=abc"],
+         ("batch_size", "integer")),
+    Case("pretrain: zero epochs", "pretrain", ["--config", TINY, "--out", "{out}", "epochs=0"], ("epochs", ">= 1")),
+    Case("pretrain: negative lr", "pretrain", ["--config", TINY, "--out", "{out}", "optim.lr=-1"], ("optim.lr", "> 0")),
+    Case("pretrain: lr 0 is refused, not replaced by the default", "pretrain",
+         ["--config", TINY, "--out", "{out}", "optim.lr=0"], ("optim.lr",)),
+    Case("pretrain: batch_size 0", "pretrain", ["--config", TINY, "--out", "{out}", "batch_size=0"], ("batch_size",)),
+    Case("pretrain: negative workers", "pretrain", ["--config", TINY, "--out", "{out}", "data.workers=-1"],
+         ("data.workers", ">= 0")),
+    Case("pretrain: eval_every 0", "pretrain", ["--config", TINY, "--out", "{out}", "eval_every=0"], ("eval_every",)),
+    Case("pretrain: unknown precision", "pretrain", ["--config", TINY, "--out", "{out}", "precision=fp32"],
+         ("precision", "bf16")),
+    Case("pretrain: unknown optimiser", "pretrain", ["--config", TINY, "--out", "{out}", "optim.opt=adamww"],
+         ("optim.opt", "adamw")),
+    Case("pretrain: unknown source", "pretrain", ["--config", TINY, "--out", "{out}", "data.source=disk"],
+         ("data.source", "shards")),
+    Case("pretrain: scale of one number", "pretrain", ["--config", TINY, "--out", "{out}", "aug.scale=[0.5]"],
+         ("aug.scale", "list of 2")),
+    Case("pretrain: mean of two channels", "pretrain", ["--config", TINY, "--out", "{out}", "mean=[0.5,0.5]"],
+         ("mean",)),
+    Case("pretrain: drop_path of 1", "pretrain", ["--config", TINY, "--out", "{out}", "drop_path=1"], ("drop_path",)),
+    Case("pretrain: mixup probability above 1", "pretrain", ["--config", TINY, "--out", "{out}", "aug.mixup_prob=2"],
+         ("aug.mixup_prob",)),
+    Case("pretrain: unknown verify mode", "pretrain", ["--config", TINY, "--out", "{out}", "data.verify=md5"],
+         ("data.verify", "sha256")),
+    Case("pretrain: negative max_corrupt", "pretrain", ["--config", TINY, "--out", "{out}", "data.max_corrupt=-1"],
+         ("data.max_corrupt",)),
+    Case("pretrain: EMA decay of 1", "pretrain", ["--config", TINY, "--out", "{out}", "ema.decay=1"], ("ema.decay",)),
+    Case("pretrain: head lr scale 0", "pretrain", ["--config", TINY, "--out", "{out}", "optim.head_lr_scale=0"],
+         ("optim.head_lr_scale",)),
+    Case("pretrain: unknown override key, with a suggestion", "pretrain",
+         ["--config", TINY, "--out", "{out}", "optim.lrr=1"], ("optim.lrr", "optim.lr")),
+    Case("pretrain: override without a value", "pretrain", ["--config", TINY, "--out", "{out}", "epochs"],
+         ("key=value",)),
+    Case("pretrain: unknown key inside a YAML file", "pretrain", ["--config", "{tmp}/bad.yaml", "--out", "{out}"],
+         ("unknown key", "optim.warmup", "warmup_epochs"),
+         setup=write("bad.yaml", "base: {root}/configs/pretrain/tiny_cpu.yaml\noptim: {{warmup: 3}}\n")),
+    Case("pretrain: a section that is not a mapping", "pretrain", ["--config", "{tmp}/bad.yaml", "--out", "{out}"],
+         ("optim", "mapping"), setup=write("bad.yaml", "base: {root}/configs/pretrain/tiny_cpu.yaml\noptim: 3\n")),
+    Case("pretrain: a config without its base", "pretrain", ["--config", "{tmp}/bad.yaml", "--out", "{out}"],
+         ("missing", "base"), setup=write("bad.yaml", "epochs: 3\n")),
+    Case("pretrain: config that is not YAML", "pretrain", ["--config", "{tmp}/bad.yaml", "--out", "{out}"],
+         ("not valid yaml",), setup=write("bad.yaml", "epochs: [3\n")),
+    Case("pretrain: config file missing", "pretrain", ["--config", "{tmp}/nope.yaml", "--out", "{out}"],
+         ("does not exist",)),
+    Case("pretrain: a base that includes itself", "pretrain", ["--config", "{tmp}/loop.yaml", "--out", "{out}"],
+         ("inherits from itself",), setup=write("loop.yaml", "base: loop.yaml\n")),
+    Case("pretrain: unknown command-line option", "pretrain", ["--config", TINY, "--out", "{out}", "--epochs", "3"],
+         ("unrecognized", "--help")),
+    Case("finetune: unknown mode", "finetune", ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}",
+                                                "model=resnet10t", "mode=probe"], ("mode", "linear_probe")),
+    Case("finetune: unknown augmentation preset", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "augment=strong"],
+         ("augment", "augmix")),
+    Case("finetune: eval_every not a number", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "eval_every=abc"],
+         ("eval_every",)),
+    Case("finetune: holdout of 1.5", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "data.holdout=1.5"],
+         ("data.holdout", "< 1")),
+    Case("finetune: unknown dataset format", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "data.format=mnist"],
+         ("data.format", "cifar100")),
+    Case("finetune: few-shot with no shots", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "few_shot.shots=[0]"],
+         ("few_shot.shots",)),
+    Case("finetune: mean neither auto nor 3 numbers", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "mean=grey"], ("mean", "auto")),
+    Case("finetune: STL-10 fold out of range", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t", "data.fold=10"],
+         ("data.fold", "<= 9")),
+    Case("finetune: unknown key inside a YAML file", "finetune",
+         ["--config", "{tmp}/bad.yaml", "--data", "{cifar}", "--out", "{out}", "model=resnet10t"],
+         ("unknown key", "data.formt", "data.format"),
+         setup=write("bad.yaml", "base: {root}/configs/finetune/base.yaml\ndata: {{formt: cifar10}}\n")),
+]
+
+
+# == data (data safety: pickles, labels, image files, shards) ==
+
+
+class _Payload:
+    """Unpickled by plain pickle, it writes a file into the row's folder (the snapshot sees it)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _cifar_with(change) -> Callable:
+    """setup: a CIFAR-10 folder at {tmp}/cifar whose data_batch_1 dict is passed through change(batch, tmp)."""
+    def setup(tmp):
+        import pickle
+
+        path = os.path.join(write_cifar10(os.path.join(tmp, "cifar")), "cifar-10-batches-py", "data_batch_1")
+        with open(path, "rb") as f:
+            batch = pickle.load(f)
+        change(batch, tmp)
+        with open(path, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    return setup
+
+
+def _folder_with(change) -> Callable:
+    """setup: an image folder at {tmp}/folder, then change(root)."""
+    def setup(tmp):
+        change(write_imagefolder(os.path.join(tmp, "folder")))
+    return setup
+
+
+def _truncate_a_jpeg(root):
+    from PIL import Image
+
+    path = os.path.join(root, "val", "a", "photo.jpg")
+    Image.radial_gradient("L").convert("RGB").save(path, quality=90)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _shards_with(change) -> Callable:
+    """setup: a 32-sample fractal shard folder (4 shards) at {tmp}/shards, then change(root)."""
+    def setup(tmp):
+        from fractalgen import DatasetSpec, render_dataset
+
+        root = os.path.join(tmp, "shards")
+        render_dataset(DatasetSpec.create("single", 32, 4, size=32, points=500), root, shard_size=8, workers=1,
+                       progress=False)
+        change(root)
+    return setup
+
+
+def _empty_tars(root):
+    import tarfile
+
+    for name in os.listdir(root):
+        if name.endswith(".tar"):
+            with tarfile.open(os.path.join(root, name), "w"):
+                pass
+
+
+def _flip_a_byte(root):
+    path = os.path.join(root, "single-000002.tar")
+    with open(path, "r+b") as f:
+        f.seek(3000)
+        byte = f.read(1)
+        f.seek(3000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _shards_cmd(*extra):
+    return ["--config", TINY, "--data", "{tmp}/shards", "--out", "{out}", "batch_size=8", "data.workers=0", *extra]
+
+
+CASES += [
+    Case("finetune: a CIFAR batch carrying a payload is refused, never run", "finetune",
+         ["--config", CIFAR10, "--data", "{tmp}/cifar", "--out", "{out}", "model=resnet10t"],
+         ("data_batch_1", "refused", "posix.system"),
+         setup=_cifar_with(lambda b, tmp: b.update(labels=_Payload(os.path.join(tmp, "payload-ran"))))),
+    Case("finetune: a CIFAR label outside the 10 classes", "finetune",
+         ["--config", CIFAR10, "--data", "{tmp}/cifar", "--out", "{out}", "model=resnet10t"],
+         ("data_batch_1", "'labels'[2] is 12", "10 classes"),
+         setup=_cifar_with(lambda b, tmp: b["labels"].__setitem__(2, 12))),
+    Case("finetune: a CIFAR batch without its data", "finetune",
+         ["--config", CIFAR10, "--data", "{tmp}/cifar", "--out", "{out}", "model=resnet10t"],
+         ("data_batch_1", "no 'data' entry"), setup=_cifar_with(lambda b, tmp: b.pop("data"))),
+    Case("finetune: an image-folder class with no images", "finetune",
+         ["--config", FOLDER, "--data", "{tmp}/folder", "--out", "{out}", "model=resnet10t"],
+         ("train/empty", "holds no images"),
+         setup=_folder_with(lambda root: [os.makedirs(os.path.join(root, s, "empty")) for s in ("train", "val")])),
+    Case("finetune: a truncated JPEG in the val split is found at load time", "finetune",
+         ["--config", FOLDER, "--data", "{tmp}/folder", "--out", "{out}", "model=resnet10t"],
+         ("val/a/photo.jpg", "not a readable image"), setup=_folder_with(_truncate_a_jpeg)),
+    Case("finetune: a file that is not an image, named like one", "finetune",
+         ["--config", FOLDER, "--data", "{tmp}/folder", "--out", "{out}", "model=resnet10t"],
+         ("train/b/notes.png", "not a readable image"),
+         setup=_folder_with(lambda root: open(os.path.join(root, "train", "b", "notes.png"), "w").write("hello"))),
+    Case("pretrain: a folder of empty tars", "pretrain", _shards_cmd(), ("single-000000.tar", "bytes", "the card says"),
+         setup=_shards_with(_empty_tars)),
+    Case("pretrain: a shard listed in the card is missing", "pretrain", _shards_cmd(),
+         ("single-000003.tar", "missing"),
+         setup=_shards_with(lambda root: os.remove(os.path.join(root, "single-000003.tar")))),
+    Case("pretrain: a shard changed after rendering (data.verify=sha256)", "pretrain",
+         _shards_cmd("data.verify=sha256"), ("single-000002.tar", "sha256 differs"), setup=_shards_with(_flip_a_byte)),
+]
+
+# --- the runner --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory, fractal_shards):
+    root = tmp_path_factory.mktemp("bad-input-fixtures")
+    return {"cifar": write_cifar10(str(root / "cifar")), "folder": write_imagefolder(str(root / "folder")),
+            "shards": fractal_shards}
+
+
+def _snapshot(folder: str) -> dict:
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang(f"no answer within {TIMEOUT_S} s")
+
+
+def _reset_accelerate():
+    """Rows run in one process; Accelerate keeps its device state in a singleton."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in CASES])
+def test_bad_input(case, tmp_path, inputs, capsys):
+    tmp = str(tmp_path)
+    if case.setup:
+        case.setup(tmp)
+    values = {"tmp": tmp, "out": os.path.join(tmp, "out"), **inputs}
+    argv = [a.format(**values) for a in case.argv]
+    before = _snapshot(tmp)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TIMEOUT_S)
+    try:
+        code = _entry(case.entry)(argv)
+    except SystemExit as e:
+        code = e.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        _reset_accelerate()
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == case.code, f"exit {code}, expected {case.code}; stderr:\n{err[-2000:]}"
+    assert "Traceback" not in err, err[-3000:]
+    assert lines and lines[-1].startswith("error:"), f"last line is not one error line:\n{err[-2000:]}"
+    for word in case.words:
+        assert word.lower() in lines[-1].lower(), f"{word!r} not in: {lines[-1]}"
+    after = _snapshot(tmp)
+    assert after == before, f"files written or changed: {sorted(set(after.items()) ^ set(before.items()))[:5]}"
