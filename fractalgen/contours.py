@@ -25,8 +25,8 @@ import numpy as np
 from numba import njit
 
 from .errors import UserError
-from .kernels import _uniform
-from .rng import generator, kernel_seed
+from .kernels import _INV53, _MUL, _S11, _step
+from .rng import _tag, generator
 
 # Ken Perlin's reference permutation (Improved Noise, 2002), as the `noise` package uses it.
 _PERM = np.array([
@@ -63,6 +63,25 @@ def _perlin1(x):
     a = _grad1(_PERM[i & 255], f)
     b = _grad1(_PERM[(i + 1) & 255], f - 1.0)
     return (a + fade * (b - a)) * 0.4
+
+
+@njit(cache=True, inline="always")
+def _perlin1_positive(x):
+    """_perlin1 for x >= 0, where truncation is the floor (no floor call)."""
+    i = int(x)
+    f = x - i
+    fade = f * f * f * (f * (f * 6.0 - 15.0) + 10.0)
+    a = _grad1(_PERM[i & 255], f)
+    b = _grad1(_PERM[(i + 1) & 255], f - 1.0)
+    return (a + fade * (b - a)) * 0.4
+
+
+@njit(cache=True, inline="always")
+def _uniform(s):
+    """kernels._uniform's stream, converted through int64 (the 53-bit value fits; x86 has no direct
+    uint64 -> double instruction)."""
+    s = _step(s)
+    return s, float(np.int64((s * _MUL) >> _S11)) * _INV53
 
 
 @njit(cache=True)
@@ -113,10 +132,12 @@ def contour_points(vertices, lines, perlin, gain, line_width, wave, n1, n2, cx, 
         for v in range(vertices):
             sx, ux = _uniform(sx)
             sy, uy = _uniform(sy)
-            x[v] += cosv[v] * (bias[v] - amp * _perlin1(ux * _NOISE_SPAN))
-            y[v] += sinv[v] * (bias[v] - amp * _perlin1(uy * _NOISE_SPAN))
-            xs[line, v] = x[v]
-            ys[line, v] = y[v]
+            xv = x[v] + cosv[v] * (bias[v] - amp * _perlin1_positive(ux * _NOISE_SPAN))
+            yv = y[v] + sinv[v] * (bias[v] - amp * _perlin1_positive(uy * _NOISE_SPAN))
+            x[v] = xv
+            y[v] = yv
+            xs[line, v] = xv
+            ys[line, v] = yv
     return xs, ys, grays
 
 
@@ -187,6 +208,45 @@ def draw_polygons(canvas, xs, ys, grays, scale):
                 x1, y1 = px0, py0
             _stroke(flat, h, w, x0, y0, x1, y1, g)
             x0, y0 = x1, y1
+
+
+@njit(cache=True)
+def render_contours(size, frame, background, vertices, lines, perlin, gain, line_width, wave, n1, n2, cx, cy, rx, ry,
+                    gray_lo, gray_hi, seed):
+    """One image: contour_points, then draw_polygons on a fresh (size, size) canvas (one call from Python)."""
+    xs, ys, grays = contour_points(vertices, lines, perlin, gain, line_width, wave, n1, n2, cx, cy, rx, ry,
+                                   gray_lo, gray_hi, seed)
+    canvas = np.full((size, size), np.uint8(background))
+    draw_polygons(canvas, xs, ys, grays, size / frame)
+    return canvas
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27b, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+@njit(cache=True, inline="always")
+def _splitmix(z):
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27b)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True)
+def sample_stream(seed, tag, index, n):
+    """A sample's random stream keyed by (dataset seed, kind tag, index): n uniforms for its instance
+    draws, and the seed of its kernel stream. splitmix64 chaining instead of a NumPy Generator per
+    sample: building one costs more than drawing a whole RCDB image."""
+    z = _splitmix(np.uint64(seed) + _GOLDEN)
+    z = _splitmix(z ^ np.uint64(tag))
+    z = _splitmix(z ^ np.uint64(index))
+    s = z | np.uint64(1)  # xorshift needs a non-zero state
+    out = np.empty(n)
+    for i in range(n):
+        s, out[i] = _uniform(s)
+    return out, (_splitmix(s) >> np.uint64(1)) | np.uint64(1)  # < 2**63: passes as a Python int
 
 
 # ---- class parameters and samples ------------------------------------------------------------------
@@ -302,11 +362,9 @@ def load_class_params(path: str) -> tuple[list, dict]:
     return params, {k: v for k, v in doc.items() if k != "systems"}
 
 
-def _centre(options: dict, rng) -> tuple[float, float]:
-    # official: (image_size + randint(-start_pos, start_pos)) / 2 per axis (x from its own draw)
-    p = options["start_pos"]
-    cx, cy = (options["frame"] + rng.integers(-p, p + 1, 2)) / 2.0
-    return float(cx), float(cy)
+def _pick(u: float, lo: int, hi: int) -> int:
+    """A whole number uniform in lo..hi from a uniform u in [0, 1)."""
+    return lo + min(int(u * (hi - lo + 1)), hi - lo)
 
 
 def render_contour_sample(spec, index: int):
@@ -317,25 +375,23 @@ def render_contour_sample(spec, index: int):
     kind = o["kind"]
     cls = index % o["classes"]
     p = spec.systems[cls]
-    rng = generator(o["seed"], f"{kind}-sample", index)
-    if kind == "rcdb":
+    u, seed = sample_stream(o["seed"], _tag(kind), index, 5)
+    if kind == "rcdb":  # radius and oval rates per instance, as the official script redraws them
         vertices, lines, perlin, line_width = p
-        radius = int(rng.integers(o["radius"][0], o["radius"][1] + 1))
-        oval_x, oval_y = rng.uniform(1.0, o["oval_rate"], 2)
+        radius = _pick(u[2], *o["radius"])
+        oval_x, oval_y = 1.0 + u[3] * (o["oval_rate"] - 1.0), 1.0 + u[4] * (o["oval_rate"] - 1.0)
         n1 = n2 = 0
         gain, wave = 2.0, 0.0
     else:
         vertices, lines, perlin, line_width, radius, n1, n2, oval_x, oval_y = p
         gain, wave = 1.0, 0.5
-    cx, cy = _centre(o, rng)
-    seed = kernel_seed(rng)
-    xs, ys, grays = contour_points(int(vertices), int(lines), float(perlin), gain, float(line_width), wave,
-                                   float(n1), float(n2), cx, cy, float(radius * oval_x), float(radius * oval_y),
-                                   o["gray"][0], o["gray"][1], seed)
-    size = o["size"]
-    image = np.full((size, size), o["background_gray"], np.uint8)
-    draw_polygons(image, xs, ys, grays, size / o["frame"])
+    # centre: official (image_size + randint(-start_pos, start_pos)) / 2 per axis
+    cx = (o["frame"] + _pick(u[0], -o["start_pos"], o["start_pos"])) / 2.0
+    cy = (o["frame"] + _pick(u[1], -o["start_pos"], o["start_pos"])) / 2.0
+    image = render_contours(o["size"], o["frame"], o["background_gray"], int(vertices), int(lines), float(perlin),
+                            gain, float(line_width), wave, float(n1), float(n2), cx, cy, float(radius * oval_x),
+                            float(radius * oval_y), o["gray"][0], o["gray"][1], seed)
     meta = {"index": index, "cls": cls, "classes": [cls],
             "class_params": dict(zip(FIELDS[kind], (float(v) for v in p))),
-            "centre": [cx, cy], "radius": int(radius), "oval": [float(oval_x), float(oval_y)], "kernel_seed": seed}
+            "centre": [cx, cy], "radius": int(radius), "oval": [float(oval_x), float(oval_y)], "kernel_seed": int(seed)}
     return Sample(f"{index:09d}", image, cls, [cls], meta)
