@@ -261,13 +261,30 @@ RCDB_DEFAULTS = {"size": 512, "frame": 512, "vertices_max": 200, "vertices_mean"
 VISUALATOM_DEFAULTS = {"size": 512, "frame": 512, "vertices": [200, 1000], "lines": [1, 200], "perlin": [0.0, 4.0],
                        "line_width": 0.1, "radius": [10, 60], "oval_rate": 2.0, "start_pos": 512,
                        "frequencies": [0, 20], "gray": [0, 255], "background_gray": 0}
+_COMMON_NOTES = [
+    "class parameters come from (seed, class) and each sample's randomness from (seed, kind, index) "
+    "(official: one Python random stream per thread), so images differ from the official files but follow the "
+    "same distributions",
+    "coordinates are in the official 512-px frame; another --size scales the frame (lines stay 1 px); pixel "
+    "coordinates are floored (Pillow truncates toward zero: same pixels except just outside the top/left edge)",
+    "lines: the same pixels as Pillow's ImageDraw.line(width=1); Perlin noise: the `noise` package's pnoise1 "
+    "(1 octave) in float64 (it computes in float32; values agree to 2e-6), at uniform positions in [0, 10000)",
+    "stored as 1-channel grayscale PNG (official: RGB PNG with R = G = B)",
+]
 NOTES = {
-    "rcdb": "class = (vertices ~ int(Exp(mean vertices_mean)) in (2, vertices_max], lines, perlin, line_width); "
-            "radius, oval rates and centre are drawn per instance as the official script does; gray per polygon "
-            "in gray (official: 0..image_size/2, i.e. 0..256 at 512 px); random streams are this project's own",
-    "visualatom": "class = (vertices, lines, perlin, line_width, radius, n1, n2 != n1 unless n1 == 0, oval rates); "
-                  "the centre is drawn per instance; defaults are make_VisualAtom.sh's (its argparse defaults "
-                  "differ: perlin_min 2, line_width 0.01, radius_min 0); random streams are this project's own",
+    "rcdb": [
+        "rcdb class = (vertices ~ int(Exp(mean vertices_mean)) kept in (2, vertices_max], lines, perlin, "
+        "line_width); radius, oval rates and centre are drawn per image (the official script redraws them for "
+        "every image after the first); published settings from RCDB_render.sh",
+        "rcdb gray per polygon uniform in gray = 0..255 (official randint(0, image_size / 2) = 0..256 at 512 px, "
+        "with 256 clipped to 255 by Pillow)",
+        *_COMMON_NOTES],
+    "visualatom": [
+        "visualatom class = (vertices, lines, perlin, line_width, radius, n1, n2 != n1 unless n1 == 0, oval "
+        "rates); the centre is drawn per image; the vertex count is the contour's quantisation; defaults from "
+        "make_VisualAtom.sh, the published best setting (its argparse defaults differ: perlin_min 2, "
+        "line_width 0.01, radius_min 0)",
+        *_COMMON_NOTES],
 }
 
 
@@ -342,8 +359,7 @@ def make_class_params(options: dict, systems, info) -> tuple[list, dict]:
     kind = options["kind"]
     make = rcdb_class if kind == "rcdb" else visualatom_class
     params = [make(options, c) for c in range(options["classes"])]
-    return params, {"sampling": f"{kind} class parameters from (seed, class)", "fields": list(FIELDS[kind]),
-                    "note": NOTES[kind]}
+    return params, {"sampling": f"{kind} class parameters from (seed, class)", "fields": list(FIELDS[kind])}
 
 
 def load_class_params(path: str) -> tuple[list, dict]:

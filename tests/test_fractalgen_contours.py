@@ -179,6 +179,7 @@ def test_shards_webdataset_workers_and_card(tmp_path, kind):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     card = load_card(str(tmp_path / "a"))
     assert card["channels"] == 1 and card["num_classes"] == 3 and card["options"]["size"] == 64
+    assert any("pnoise1" in note for note in card["notes"]) and any(kind in note for note in card["notes"])
     urls = [str(tmp_path / "a" / s["name"]) for s in card["shards"]]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("l8"))
     assert [int(s["cls"]) for s in samples] == [i % 3 for i in range(10)]
