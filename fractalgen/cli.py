@@ -8,7 +8,7 @@ import sys
 from . import __version__
 from .card import check_shard, load_card
 from .errors import UserError
-from .kinds import KIND_TABLE, KINDS, DatasetSpec, render_sample
+from .kinds import KIND_TABLE, KINDS, DatasetSpec, render_sample, resolve_options
 from .preview import caption, contact_sheet, samples_from_shards, save_sheet
 from .search import SEARCH_DEFAULTS, search, search_to_file
 from .systems import load_systems
@@ -95,6 +95,7 @@ def spec_from_args(args) -> DatasetSpec:
                         f"({args.kind} class parameters come from the seed)")
     if overrides.get("color") and "color" not in kind.defaults:
         raise UserError(f"--color applies to --kind {' / '.join(with_color)} only ({args.kind} sets its own colours)")
+    resolve_options(args.kind, args.n, classes, overrides)  # bad options fail now, not after a long search
     systems = info = None
     if kind.searched:
         if args.systems:

@@ -441,23 +441,23 @@ def stamp_random_patches(xs, ys, xmin, xmax, ymin, ymax, pad, seed, value, image
     h, w = image.shape
     ax = (w - 1 - 2 * pad) / max(xmax - xmin, 1e-300)
     ay = (h - 1 - 2 * pad) / max(ymax - ymin, 1e-300)
-    last = np.full(h * w, -16, np.int32)  # 16 * (last point at the pixel); -16: none
+    # 16 * (last point at the pixel), -16 for none, with a 1-pixel border so every neighbour exists
+    last = np.full((h + 2) * (w + 2), -16, np.int32)
     for i in range(xs.shape[0]):
-        q = (h - 1 - pad - np.int32((ys[i] - ymin) * ay)) * w + pad + np.int32((xs[i] - xmin) * ax)
-        last[q] = i * 16
-    last = last.reshape(h, w)
-    across = np.empty((h, w), np.int32)  # latest of the row neighbours; low bits: cell column dx
-    for y in range(h):
+        py = h - pad - np.int32((ys[i] - ymin) * ay)  # bordered row, y up
+        px = pad + 1 + np.int32((xs[i] - xmin) * ax)
+        last[py * (w + 2) + px] = i * 16
+    last = last.reshape(h + 2, w + 2)
+    across = np.empty((h + 2, w), np.int32)  # latest of the row neighbours; low bits: cell column dx
+    for y in range(h + 2):
         r = last[y]
         o = across[y]
-        o[0] = -16
-        o[w - 1] = -16
-        for x in range(1, w - 1):  # the point at x + 1 - dx covers x with its column dx
-            o[x] = max(r[x + 1], max(r[x] + 1, r[x - 1] + 2))
+        for x in range(w):  # the point at column x + 1 - dx covers x with its cell column dx
+            o[x] = max(r[x + 2], max(r[x + 1] + 1, r[x] + 2))
     key = np.empty(w, np.int32)
-    for y in range(1, h - 1):
-        below, here, above = across[y + 1], across[y], across[y - 1]
-        for x in range(w):  # ... and the row y + 1 - dy with its cell row dy
+    for y in range(h):
+        below, here, above = across[y + 2], across[y + 1], across[y]
+        for x in range(w):  # ... and the point at row y + 1 - dy with its cell row dy
             key[x] = max(below[x], max(here[x] + 3, above[x] + 6))
         out = image[y]
         for x in range(w):
