@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from PIL import Image
 
 from common.errors import UserError
@@ -152,7 +153,6 @@ def test_linear_probe_leaves_backbone_bit_identical(tmp_path, imagefolder):
     run = str(tmp_path / "run")
     main(["--config", CFG, "--data", imagefolder, "--init", str(pre / "model.safetensors"), "--out", run,
           "mode=linear_probe", "epochs=2", "batch_size=8", "data.workers=0", "optim.lr=0.05"])
-    from safetensors.torch import load_file
 
     after = load_file(os.path.join(run, "model.safetensors"))
     before = base.state_dict()
@@ -168,10 +168,19 @@ def test_vit_position_embeddings_resampled_from_224(tmp_path, imagefolder):
     vit = create_model("test_vit", 10, img_size=224)
     export_model(vit, str(pre), {"model": "test_vit", "num_classes": 10, "img_size": 224, "mean": [0.5] * 3,
                                  "std": [0.5] * 3})
+    # loading resamples the 14x14 grid to 3x3 (48 px) exactly as timm's resampler does
+    from timm.layers import resample_abs_pos_embed
+
+    small = create_model("test_vit", 3, img_size=48, init=str(pre / "model.safetensors"))
+    expected = resample_abs_pos_embed(vit.pos_embed.detach(), new_size=(3, 3), num_prefix_tokens=1)
+    assert small.pos_embed.shape == (1, 10, 64) and torch.allclose(small.pos_embed, expected)
+    assert torch.equal(small.pos_embed[:, :1], vit.pos_embed[:, :1])  # the class token's embedding is kept
+    # and a fine-tune at 48 px trains and exports that 3x3 grid
     run = str(tmp_path / "run")
     main(["--config", CFG, "--data", imagefolder, "--init", str(pre / "model.safetensors"), "--out", run,
           "epochs=1", "batch_size=8", "data.workers=0", "img_size=48"])
     assert json.load(open(os.path.join(run, "model.json")))["img_size"] == 48
+    assert load_file(os.path.join(run, "model.safetensors"))["pos_embed"].shape == (1, 10, 64)
 
 
 def test_few_shot_ridge_is_exact_on_separable_features():
