@@ -255,6 +255,53 @@ CASES += [
          _shards_cmd("data.verify=sha256"), ("single-000002.tar", "sha256 differs"), setup=_shards_with(_flip_a_byte)),
 ]
 
+# == engine (run folders, resume, checkpoints) ==
+
+
+def _used_run(files=("config.yaml", "final.json", "metrics.jsonl")) -> Callable:
+    """setup: {out} holds (the files of) an earlier run; a refused command must leave them as they are."""
+    def setup(tmp):
+        os.makedirs(os.path.join(tmp, "out"))
+        for name in files:
+            with open(os.path.join(tmp, "out", name), "w") as f:
+                f.write("seed: 0\n" if name.endswith(".yaml") else '{"step": 1}\n')
+    return setup
+
+
+def _run_with_unreadable_checkpoints(tmp):
+    """setup: {out} holds a run of the row's own config whose only checkpoint is damaged."""
+    from common.config import save_config
+    from pretrain.main import parse_args, resolve
+
+    cfg = resolve(parse_args(["--config", TINY, "--out", os.path.join(tmp, "out")]))
+    save_config(cfg, cfg["run_dir"])
+    ckpt = os.path.join(tmp, "out", "checkpoints", "step_00000004")
+    os.makedirs(ckpt)
+    with open(os.path.join(ckpt, "state.json"), "w") as f:
+        f.write('{"format": "fractal-pretr')  # cut short
+
+
+_FT = ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "model=resnet10t"]
+
+CASES += [
+    Case("finetune: into a finished run's folder (its results stay)", "finetune", _FT,
+         ("already holds a run", "--resume"), setup=_used_run()),
+    Case("pretrain: into a used run folder", "pretrain", ["--config", TINY, "--out", "{out}"],
+         ("already holds a run", "--resume"), setup=_used_run(("config.yaml", "metrics.jsonl"))),
+    Case("finetune: --resume with another config", "finetune", [*_FT, "--resume"],
+         ("different config", "differs in"), setup=_used_run(("config.yaml", "metrics.jsonl"))),
+    Case("finetune: results without a config.yaml", "finetune", _FT, ("no config.yaml",),
+         setup=_used_run(("metrics.jsonl", "final.json"))),
+    Case("finetune: --out is a file", "finetune", _FT, ("is a file",), setup=write("out", "not a folder")),
+    Case("pretrain: --out inside a file", "pretrain", ["--config", TINY, "--out", "{tmp}/afile/run"],
+         ("cannot be created",), setup=write("afile", "not a folder")),
+    Case("pretrain: --resume-from without a run to continue", "pretrain",
+         ["--config", TINY, "--out", "{out}", "--resume-from", "{out}/checkpoints/step_00000001"],
+         ("--resume-from", "no run to continue")),
+    Case("pretrain: --resume where no checkpoint can be read", "pretrain", ["--config", TINY, "--out", "{out}", "--resume"],
+         ("no checkpoint", "can be read"), setup=_run_with_unreadable_checkpoints),
+]
+
 # --- the runner --------------------------------------------------------------------------------
 
 
