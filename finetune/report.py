@@ -1,9 +1,14 @@
-"""Compare runs: a markdown table (rows: model x pretraining source; columns: dataset x metric, mean ±
-std over seeds), a grouped bar chart and accuracy-vs-epoch curves.
+"""Compare runs: a markdown table (a row per distinct setting, columns dataset x metric, mean ± std over
+seeds), the gain over the from-scratch twin, bars, accuracy and loss curves, accuracy vs pretraining budget.
 
     python -m finetune.report RUN_DIR... --out report/
 
-Last-epoch figures are the result; best-epoch accuracy (chosen on the validation split) is an extra.
+A row is one combination of everything that differs between runs compared on the same dataset: the
+model, the pretraining source, the mode, the augmentation, the resolution and any recipe override
+(lr, epochs, head lr, EMA, ...), read from each run's config.yaml; runs that differ only in the seed (or
+STL-10 fold) are averaged. Rows are labelled in words ("ViT p4 w128 d4", "ImageNet-21k (augreg_in21k)",
+"linear probe"), naming only the settings needed to tell rows apart. Last-epoch figures are the result;
+best-epoch accuracy, best macro-F1 and minimum loss are labelled extras.
 """
 
 import glob
@@ -13,15 +18,48 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+import yaml
 
 from common.errors import ArgumentParser, UserError, run_main
 
+MODES = {"finetune": "fine-tune", "linear_probe": "linear probe", "few_shot": "few-shot"}
+# config keys that are not settings of the result: bookkeeping, seeds (averaged over), what the row's
+# model and source already say, and data.* (the dataset column says those)
+NOT_SETTINGS = {"seed", "init", "run_dir", "pretrain_source", "model", "model_kwargs", "device", "log_every",
+                "eval_batch", "eval_every", "checkpoint_every", "keep_checkpoints"}
+# settings in the order a row label names them (others follow alphabetically)
+SETTING_ORDER = ["mode", "augment", "img_size", "epochs", "optim.lr", "optim.head_lr_scale", "ema.enabled",
+                 "optim.opt", "batch_size"]
+METRIC_ORDER = ["acc", "macro_f1", "mAP", "best acc (extra)", "best macro-F1 (extra)", "min loss (extra)"]
+# timm model families by name prefix (longest first), for models built with model_kwargs
+FAMILIES = {"vit": "ViT", "deit": "DeiT", "resnet": "ResNet", "vgg": "VGG", "densenet": "DenseNet",
+            "convnext": "ConvNeXt", "swin": "Swin", "efficientnet": "EfficientNet", "test_vit": "ViT",
+            "test_resnet": "ResNet"}
+ARCH_ABBREV = {"patch_size": "p", "embed_dim": "w", "depth": "d", "num_heads": "h", "mlp_ratio": "mlp"}
+
+
+# --- words for a run's model, source, settings and dataset ----------------------------------------
+
+def model_name(model: str, model_kwargs: dict | None = None) -> str:
+    """The timm name, or for a model built with model_kwargs what it is: "ViT p4 w128 d4 h4"."""
+    if not model_kwargs:
+        return model
+    family = next((FAMILIES[p] for p in sorted(FAMILIES, key=len, reverse=True) if model.startswith(p)), model)
+    order = sorted(model_kwargs, key=lambda k: (list(ARCH_ABBREV).index(k) if k in ARCH_ABBREV else len(ARCH_ABBREV), k))
+    parts = [f"{ARCH_ABBREV[k]}{model_kwargs[k]}" if k in ARCH_ABBREV else f"{k}={model_kwargs[k]}" for k in order]
+    return " ".join([family, *parts])
+
 
 def source_name(final: dict) -> str:
-    src = final.get("pretrain_source")
-    if not src or final.get("init") in (None, "scratch"):
+    """scratch; a fractal kind with its pretraining budget ("single (2.05k img)"); published weights in
+    words ("ImageNet-21k (augreg_in21k)"); else the weights file's name."""
+    init = final.get("init")
+    if init in (None, "", "scratch"):
         return "scratch"
-    name = src.get("kind") or os.path.basename(str(final.get("init")))
+    src = final.get("pretrain_source") or {}
+    if src.get("description"):
+        return src["description"]
+    name = src.get("kind") or (init[len("timm:"):] if init.startswith("timm:") else os.path.basename(init))
     return f"{name} ({_count(src['images_seen'])} img)" if src.get("images_seen") else name
 
 
@@ -30,13 +68,63 @@ def _count(n: int) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else str(n)
 
 
-def dataset_name(final: dict) -> str:
+def dataset_name(final: dict, data: dict | None = None) -> str:
     """cifar10, "cifar10 (1000 img)"; runs evaluated on held-out training images never share a column
-    with test-split runs: "cifar10 (holdout 0.1)"."""
+    with test-split runs: "cifar10 (holdout 0.1)"; STL-10 fold runs: "stl10 (1k-image folds)"."""
     extras = [f"{final['train_images']} img"] if final.get("train_images") else []
     extras += [f"holdout {final['holdout']:g}"] if final.get("holdout") else []
+    extras += ["1k-image folds"] if (data or {}).get("fold") is not None else []
+    extras += [f"{data['labels']} labels"] if final["dataset"] == "cifar100" and (data or {}).get("labels") == "coarse" else []
     return f"{final['dataset']} ({', '.join(extras)})" if extras else final["dataset"]
 
+
+def setting_words(key: str, value) -> str:
+    if key == "mode":
+        return MODES.get(value, value)
+    if key == "augment":
+        return f"augmentation {value}"
+    if key == "img_size":
+        return f"{value} px"
+    if key == "epochs":
+        return f"{value} epochs"
+    if key == "optim.lr":
+        return "lr scaled by batch" if value is None else f"lr {value:g}"
+    if key == "optim.head_lr_scale":
+        return f"head lr x{value:g}"
+    if key == "ema.enabled":
+        return "EMA" if value else "no EMA"
+    if key == "ema.decay":
+        return f"EMA decay {value:g}"
+    if key == "optim.opt":
+        return value
+    if key == "batch_size":
+        return f"batch {value}"
+    return f"{key} {value}"
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and key != "model_kwargs":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _settings(final: dict, cfg: dict | None) -> dict:
+    """Everything that could make two runs' results differ, besides model, source and seed."""
+    flat = _flat(cfg) if cfg else {k: final[k] for k in ("augment", "epochs") if final.get(k) is not None}
+    out = {k: v for k, v in flat.items() if k not in NOT_SETTINGS and not k.startswith("data.")}
+    if final["mode"] == "few_shot":  # no training: the training recipe is not a setting of the result
+        out = {k: v for k, v in out.items() if k.startswith("few_shot.") or k in ("img_size", "mean", "std")}
+    else:
+        out = {k: v for k, v in out.items() if not k.startswith("few_shot.")}
+    out["mode"] = final["mode"]
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v for k, v in out.items()}
+
+
+# --- loading and grouping ------------------------------------------------------------------------
 
 def load_runs(paths: list) -> list:
     runs = []
@@ -46,37 +134,94 @@ def load_runs(paths: list) -> list:
             raise UserError(f"{path} has no final.json (not a finished finetune run)")
         with open(final_path) as f:
             final = json.load(f)
+        cfg = None
+        if os.path.exists(os.path.join(path, "config.yaml")):
+            with open(os.path.join(path, "config.yaml")) as f:
+                cfg = yaml.safe_load(f)
         history = []
         metrics = os.path.join(path, "metrics.jsonl")
         if os.path.exists(metrics):
             with open(metrics) as f:
-                history = [r for r in map(json.loads, f) if "val_acc" in r or "val_map" in r]
+                history = [r for r in map(json.loads, f) if any(k in r for k in ("val_acc", "val_map", "val_loss"))]
         src = final.get("pretrain_source") or {}
+        scratch = source_name(final) == "scratch"
         runs.append({"path": path, "final": final, "history": history,
-                     "row": f"{final['model']} | {source_name(final)}", "col": dataset_name(final),
-                     "kind": src.get("kind") if source_name(final) != "scratch" else "scratch",
-                     "images": src.get("images_seen", 0) if source_name(final) != "scratch" else 0})
+                     "model": model_name(final["model"], (cfg or {}).get("model_kwargs")),
+                     "source": source_name(final), "settings": _settings(final, cfg),
+                     "col": dataset_name(final, (cfg or {}).get("data")),
+                     "kind": "scratch" if scratch else src.get("kind"),
+                     "images": 0 if scratch else src.get("images_seen", 0)})
     if not runs:
         raise UserError("no runs given")
+    label_rows(runs)
     return runs
 
 
+def label_rows(runs: list) -> None:
+    """Give each run its row (model, source, setting words). A setting is part of the row when runs on
+    the same dataset differ in it; the label names the fewest of those that still tell every row apart
+    (an lr that comes with the model is not repeated)."""
+    keys = sorted({k for r in runs for k in r["settings"]})
+    by_col = defaultdict(list)
+    for r in runs:
+        by_col[r["col"]].append(r)
+    varying = [k for k in keys if any(len({str(r["settings"].get(k)) for r in group}) > 1 for group in by_col.values())]
+    varying.sort(key=lambda k: (SETTING_ORDER.index(k) if k in SETTING_ORDER else len(SETTING_ORDER), k))
+
+    def identity(r, ks):
+        return (r["model"], r["source"], *(str(r["settings"].get(k)) for k in ks))
+
+    distinct = len({identity(r, varying) for r in runs})
+    shown = list(varying)
+    for k in reversed(varying):  # least telling first: drop a setting when the rows stay apart without it
+        trial = [x for x in shown if x != k]
+        if len({identity(r, trial) for r in runs}) == distinct:
+            shown = trial
+    for r in runs:
+        r["row"] = (r["model"], r["source"], ", ".join(setting_words(k, r["settings"].get(k)) for k in shown))
+
+
+def shared_settings(runs: list) -> str:
+    """The labelled settings every run has in common, in words (the table does not repeat them)."""
+    words = []
+    for key in SETTING_ORDER:
+        values = {json.dumps(r["settings"].get(key)) for r in runs}
+        if len(values) == 1 and key in runs[0]["settings"] and not (key == "optim.lr" and runs[0]["settings"][key] is None):
+            words.append(setting_words(key, runs[0]["settings"][key]))
+    return ", ".join(words)
+
+
 def metric_values(run: dict) -> dict:
+    """Last-epoch results, then the labelled extras: best-epoch accuracy, best macro-F1, minimum loss."""
     final = run["final"]
     if final["mode"] == "few_shot":
         return {k: v for k, v in final["few_shot"].items() if not k.endswith("_std")}
-    last, best = final["last_epoch"], final["best_epoch"]
-    out = {"acc": last.get("val_acc"), "macro_f1": last.get("val_macro_f1")}
-    if "val_map" in last:
-        out["mAP"] = last["val_map"]
-    out["best acc (extra)"] = best.get("val_acc")
+    last, best, history = final["last_epoch"], final["best_epoch"], run["history"]
+    out = {"acc": last.get("val_acc"), "macro_f1": last.get("val_macro_f1"), "mAP": last.get("val_map"),
+           "best acc (extra)": best.get("val_acc")}
+    f1 = [h["val_macro_f1"] for h in history if "val_macro_f1" in h] or [v for v in (best.get("val_macro_f1"),) if v is not None]
+    loss = [h["val_loss"] for h in history if "val_loss" in h] or [v for v in (last.get("val_loss"),) if v is not None]
+    out["best macro-F1 (extra)"] = max(f1) if f1 else None
+    out["min loss (extra)"] = min(loss) if loss else None
     return {k: v for k, v in out.items() if v is not None}
 
 
-def fmt(values: list) -> str:
-    v = 100 * np.array(values)
-    return f"{v.mean():.1f} ± {v.std():.1f} (n={len(v)})" if len(v) > 1 else f"{v[0]:.1f}"
+def fmt(values: list, metric: str = "acc") -> str:
+    scale, digits = (1, 3) if "loss" in metric else (100, 1)  # a loss is no percentage
+    v = scale * np.array(values)
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f} (n={len(v)})" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
+
+def _metric_rank(metric: str) -> tuple:
+    return (METRIC_ORDER.index(metric), "") if metric in METRIC_ORDER else (len(METRIC_ORDER), metric)
+
+
+def _row_sort(row: tuple) -> tuple:
+    model, source, setting = row
+    return model, source != "scratch", source, setting
+
+
+# --- the report --------------------------------------------------------------------------------
 
 def build(runs: list, out: str) -> str:
     os.makedirs(out, exist_ok=True)
@@ -84,52 +229,89 @@ def build(runs: list, out: str) -> str:
     for run in runs:
         for metric, value in metric_values(run).items():
             cells[(run["row"], run["col"], metric)].append(value)
-    rows = sorted({r for r, _, _ in cells}, key=lambda r: (r.split(" | ")[0], r.split(" | ")[1] != "scratch", r))
-    cols = sorted({(c, m) for _, c, m in cells}, key=lambda cm: (cm[0], cm[1] == "best acc (extra)", cm[1]))
-    lines = ["| model | pretraining | " + " | ".join(f"{c}: {m}" for c, m in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
+    rows = sorted({r for r, _, _ in cells}, key=_row_sort)
+    cols = sorted({(c, m) for _, c, m in cells}, key=lambda cm: (cm[0], _metric_rank(cm[1])))
+    with_setting = any(r[2] for r in rows)
+    head = "| model | pretraining | " + ("setting | " if with_setting else "")
+    lines = [head + " | ".join(f"{c}: {m}" for c, m in cols) + " |",
+             "|---|---|" + ("---|" if with_setting else "") + "---|" * len(cols)]
     for row in rows:
-        model, source = row.split(" | ")
-        lines.append(f"| {model} | {source} | " + " | ".join(fmt(cells[(row, c, m)]) if cells.get((row, c, m)) else "–"
-                                                           for c, m in cols) + " |")
+        label = " | ".join(row if with_setting else row[:2])
+        lines.append(f"| {label} | " + " | ".join(fmt(cells[(row, c, m)], m) if cells.get((row, c, m)) else "–"
+                                                 for c, m in cols) + " |")
     table = "\n".join(lines)
-    versus = _versus_scratch(runs, cells)
+    versus = _versus_scratch(runs, cells, with_setting)
+    sizes = _parameters(runs)
     _bar_chart(cells, rows, sorted({c for c, _ in cols}), os.path.join(out, "bars.png"))
     _curves(runs, os.path.join(out, "curves.png"))
     budget = _budget_plot(runs, os.path.join(out, "budget.png"))
-    text = ("# Fine-tuning report\n\nTop-1 accuracy / macro-F1 in %, last epoch, mean ± std over seeds "
-            "(best epoch, chosen on the validation split, only as a labelled extra).\n\n" + table +
+    shared = shared_settings(runs)
+    text = ("# Fine-tuning report\n\nTop-1 accuracy / macro-F1 in %, last epoch, mean ± std over seeds; best-epoch "
+            "accuracy, best macro-F1 (chosen on the validation split) and minimum validation loss only as labelled "
+            "extras.\n\n" + (f"All runs: {shared}.\n\n" if shared else "") + table +
             (("\n\n## Against the from-scratch twin\n\n" + versus) if versus else "") +
-            "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy per epoch](curves.png)\n\n" +
+            (("\n\n## Parameters\n\n" + sizes) if sizes else "") +
+            "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy and loss per epoch](curves.png)\n\n" +
             ("![accuracy vs pretraining budget](budget.png)\n\n" if budget else "") + f"Runs: {len(runs)}\n")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "runs.json"), "w") as f:
-        json.dump([{"path": r["path"], "row": r["row"], "col": r["col"], **metric_values(r)} for r in runs], f, indent=1)
+        json.dump([{"path": r["path"], "row": " | ".join(x for x in r["row"] if x), "col": r["col"],
+                    **metric_values(r)} for r in runs], f, indent=1)
     return table
 
 
-def _versus_scratch(runs, cells) -> str:
-    """Per pretrained row: last-epoch accuracy minus the same model's scratch accuracy (points, means
-    over seeds), and the first epoch at which its mean accuracy curve reaches scratch's final mean."""
+def _twin(row: tuple, col: str, cells) -> tuple | None:
+    """The same model's scratch row on the same dataset: the one with the same settings, else the only one."""
+    scratch = sorted({r for r, c, m in cells if r[0] == row[0] and r[1] == "scratch" and c == col and m == "acc"})
+    same = [r for r in scratch if r[2] == row[2]]
+    return same[0] if same else scratch[0] if len(scratch) == 1 else None
+
+
+def _versus_scratch(runs, cells, with_setting: bool) -> str:
+    """Per pretrained row: last-epoch accuracy minus its scratch twin's (points, means over seeds), and
+    the first epoch at which its mean accuracy curve reaches the twin's final mean."""
     curves = defaultdict(list)
     for r in runs:
-        if r["history"]:
-            curves[(r["row"], r["col"])].append({h["epoch"]: h.get("val_acc") for h in r["history"]})
-    lines = ["| model | pretraining | dataset | Δ acc vs scratch (points) | epochs to reach scratch's final acc |",
-             "|---|---|---|---|---|"]
-    for (row, col, metric), values in sorted(cells.items()):
-        model, source = row.split(" | ")
-        scratch = cells.get((f"{model} | scratch", col, "acc"))
-        if metric != "acc" or source == "scratch" or not scratch:
+        if any("val_acc" in h for h in r["history"]):
+            curves[(r["row"], r["col"])].append({h["epoch"]: h["val_acc"] for h in r["history"] if "val_acc" in h})
+    lines = ["| model | pretraining | " + ("setting | " if with_setting else "") + "dataset | " +
+             ("scratch twin's setting | " if with_setting else "") + "Δ acc vs scratch (points) | "
+             "epochs to reach scratch's final acc |", "|---|---|---|---|---|" + ("---|---|" if with_setting else "")]
+    for (row, col, metric), values in sorted(cells.items(), key=lambda kv: (_row_sort(kv[0][0]), kv[0][1], kv[0][2])):
+        twin = _twin(row, col, cells) if metric == "acc" and row[1] != "scratch" else None
+        if twin is None:
             continue
-        target = np.mean(scratch)
+        target = np.mean(cells[(twin, col, "acc")])
         epochs = sorted(set.intersection(*(set(c) for c in curves[(row, col)]))) if curves[(row, col)] else []
         reached = next((e for e in epochs if np.mean([c[e] for c in curves[(row, col)]]) >= target), None)
         total = max(epochs) if epochs else "?"
-        lines.append(f"| {model} | {source} | {col} | {100 * (np.mean(values) - target):+.1f} | "
+        label = " | ".join(row if with_setting else row[:2])
+        twin_setting = f"{twin[2]} | " if with_setting else ""
+        lines.append(f"| {label} | {col} | {twin_setting}{100 * (np.mean(values) - target):+.1f} | "
                      f"{f'{reached} of {total}' if reached is not None else f'not within {total}'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _parameters(runs) -> str:
+    """Total and trainable parameters per model and mode (a linear probe trains only the head)."""
+    seen = {}
+    for r in runs:
+        final = r["final"]
+        if final.get("parameters"):
+            seen[(r["model"], MODES.get(final["mode"], final["mode"]))] = (final["parameters"],
+                                                                         final.get("trainable_parameters"))
+    if not seen:
+        return ""
+    lines = ["| model | mode | parameters | trainable |", "|---|---|---|---|"]
+    for (model, mode), (total, trainable) in sorted(seen.items()):
+        lines.append(f"| {model} | {mode} | {total:,} | {trainable:,} |" if trainable is not None
+                     else f"| {model} | {mode} | {total:,} | – |")
+    return "\n".join(lines)
+
+
+def _row_label(row: tuple) -> str:
+    return ": ".join([row[0], ", ".join(x for x in row[1:] if x)])
 
 
 def _bar_chart(cells, rows, datasets, path):
@@ -144,7 +326,7 @@ def _bar_chart(cells, rows, datasets, path):
     for i, row in enumerate(rows):
         means = [100 * np.mean(cells.get((row, d, metric)) or [np.nan]) for d in datasets]
         stds = [100 * np.std(cells.get((row, d, metric)) or [0]) for d in datasets]
-        ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=stds, capsize=3, label=row.replace(" | ", ": "))
+        ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=stds, capsize=3, label=_row_label(row))
     ax.set_xticks(np.arange(len(datasets)) + width * (len(rows) - 1) / 2, datasets)
     ax.set_ylabel(f"{metric} (%), last epoch")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
@@ -152,7 +334,15 @@ def _bar_chart(cells, rows, datasets, path):
     _save(fig, path)
 
 
+def _mean_curve(histories: list, key: str) -> tuple[list, np.ndarray] | None:
+    """Epochs and the mean over seeds of `key`, over the epochs every seed has."""
+    curves = [{h["epoch"]: h[key] for h in hist if key in h} for hist in histories]
+    epochs = sorted(set.intersection(*(set(c) for c in curves))) if all(curves) else []
+    return (epochs, np.mean([[c[e] for e in epochs] for c in curves], 0)) if epochs else None
+
+
 def _curves(runs, path):
+    """Per dataset: validation accuracy (top) and loss (bottom, training loss dashed), mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,19 +352,26 @@ def _curves(runs, path):
     groups = defaultdict(list)
     for r in runs:
         if r["history"]:
-            groups[(r["col"], r["row"])].append([(h["epoch"], h.get("val_acc", h.get("val_map"))) for h in r["history"]])
-    datasets = sorted({c for c, _ in groups})
-    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(5.5 * max(1, len(datasets)), 3.8), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
-        for (col, row), curves in sorted(groups.items()):
+            groups[(r["col"], _row_sort(r["row"]), r["row"])].append(r["history"])
+    datasets = sorted({c for c, _, _ in groups})
+    n = max(1, len(datasets))
+    fig, axes = plt.subplots(2, n, figsize=(5.5 * n, 7), squeeze=False)
+    for i, d in enumerate(datasets):
+        acc_ax, loss_ax = axes[0][i], axes[1][i]
+        for (col, _, row), histories in sorted(groups.items()):
             if col != d:
                 continue
-            n = min(len(c) for c in curves)
-            epochs = [e for e, _ in curves[0][:n]]
-            mean = 100 * np.mean([[v for _, v in c[:n]] for c in curves], 0)
-            ax.plot(epochs, mean, "-o", ms=3, label=row.replace(" | ", ": "))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _label(ax, d, "epoch", "val accuracy (%)")
+            acc = _mean_curve(histories, "val_acc") or _mean_curve(histories, "val_map")
+            line = acc_ax.plot(acc[0], 100 * acc[1], "-o", ms=3, label=_row_label(row))[0] if acc else None
+            color = line.get_color() if line else None
+            val_loss, train_loss = _mean_curve(histories, "val_loss"), _mean_curve(histories, "train_loss")
+            if val_loss:
+                color = loss_ax.plot(*val_loss, "-o", ms=3, color=color, label=f"{_row_label(row)} (val)")[0].get_color()
+            if train_loss:
+                loss_ax.plot(*train_loss, "--", color=color, label=f"{_row_label(row)} (train)")
+        for ax, ylabel in ((acc_ax, "val accuracy (%)"), (loss_ax, "loss")):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            _label(ax, d, "epoch", ylabel)
     _save(fig, path)
 
 
@@ -186,7 +383,7 @@ def _budget_plot(runs, path) -> bool:
     for r in runs:
         value = metric_values(r).get("acc")
         if value is not None and r["final"]["mode"] != "few_shot":
-            acc[(r["col"], r["final"]["model"], r["kind"], r["images"])].append(value)
+            acc[(r["col"], r["model"], r["kind"], r["images"])].append(value)
     budgets = defaultdict(set)
     for d, m, k, n in acc:
         if k != "scratch":
@@ -225,7 +422,8 @@ def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def _save(fig, path: str) -> None:

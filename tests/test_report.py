@@ -1,0 +1,143 @@
+"""finetune.report: a row per distinct setting, labelled in words; last epoch as the result with labelled
+extras; accuracy and loss curves. Real runs (published weights from a fabricated cache, scratch, linear
+probe, two augmentations) and fabricated run folders in the format finetune.main writes."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from finetune.main import main
+from finetune.report import main as report_main, model_name, source_name
+from tests.conftest import write_imagefolder
+from tests.test_models import fake_published, offline_hub  # noqa: F401  (a fixture)
+
+CFG = "configs/finetune/imagefolder.yaml"
+QUICK = ["epochs=2", "batch_size=8", "data.workers=0", "eval_batch=16", "img_size=32", "model=test_resnet"]
+
+
+def table_rows(text: str) -> dict:
+    """First table of report.md: {(model, pretraining, setting): {column: cell}}."""
+    lines = [block for block in text.split("\n\n") if block.startswith("| model |")][0].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[tuple(cells[:3])] = dict(zip(header[3:], cells[3:]))
+    return rows
+
+
+def test_real_runs_by_source_mode_and_augmentation(tmp_path, offline_hub):  # noqa: F811
+    fake_published(offline_hub, "test_resnet.r160_in1k")
+    data = write_imagefolder(str(tmp_path / "data"), per_class=4)
+    runs = {"scratch": ["--init", "scratch"],
+            "timm-ft": ["--init", "timm:test_resnet.r160_in1k"],
+            "timm-probe": ["--init", "timm:test_resnet.r160_in1k", "mode=linear_probe"],
+            "timm-ft-none": ["--init", "timm:test_resnet.r160_in1k", "augment=none"]}
+    for name, args in runs.items():
+        main(["--config", CFG, "--data", data, "--out", str(tmp_path / name), *QUICK, *args])
+    out = tmp_path / "report"
+    report_main([str(tmp_path / n) for n in runs] + ["--out", str(out)])
+    text = (out / "report.md").read_text()
+    rows = table_rows(text)
+    imagenet = "ImageNet-1k (r160_in1k)"
+    assert set(rows) == {("test_resnet", "scratch", "fine-tune, augmentation basic"),
+                         ("test_resnet", imagenet, "fine-tune, augmentation basic"),
+                         ("test_resnet", imagenet, "linear probe, augmentation basic"),
+                         ("test_resnet", imagenet, "fine-tune, augmentation none")}, text
+    cells = rows[("test_resnet", imagenet, "fine-tune, augmentation basic")]
+    assert list(cells) == ["imagefolder: acc", "imagefolder: macro_f1", "imagefolder: best acc (extra)",
+                           "imagefolder: best macro-F1 (extra)", "imagefolder: min loss (extra)"]
+    # the last epoch is the result; the extras are the best / minimum over the run's epochs
+    final = json.loads((tmp_path / "timm-ft" / "final.json").read_text())
+    history = [json.loads(line) for line in open(tmp_path / "timm-ft" / "metrics.jsonl") if "val_loss" in line]
+    assert cells["imagefolder: acc"] == f"{100 * final['last_epoch']['val_acc']:.1f}"
+    assert cells["imagefolder: min loss (extra)"] == f"{min(h['val_loss'] for h in history):.3f}"
+    assert cells["imagefolder: best macro-F1 (extra)"] == f"{100 * max(h['val_macro_f1'] for h in history):.1f}"
+    assert "| test_resnet | linear probe |" in text  # parameters: a probe trains only the head
+    assert "All runs: 32 px, 2 epochs" in text and "Runs: 4" in text
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def fabricate(root, name, acc, seed=0, model="vit_tiny_patch16_224", source=None, dataset="cifar10", **cfg):
+    """A run folder as finetune.main leaves it: final.json, config.yaml (the settings), metrics.jsonl."""
+    run = os.path.join(root, name)
+    os.makedirs(run)
+    config = {"seed": seed, "model": model, "model_kwargs": cfg.pop("model_kwargs", {}), "mode": "finetune",
+              "augment": "basic", "img_size": 32, "epochs": 3, "optim": {"lr": 0.001, "head_lr_scale": 1.0},
+              "ema": {"enabled": False, "decay": 0.9998}, "data": {"format": dataset, "path": "/x", "fold": None}}
+    for key, value in cfg.items():  # dotted keys: optim.lr=...
+        node = config
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    init = "scratch" if source is None else f"runs/{source}/model.safetensors"
+    history = [{"epoch": e, "val_acc": acc * e / 3, "val_macro_f1": acc * e / 3 - 0.05, "val_loss": 2.0 - acc * e,
+                "train_loss": 2.1 - acc * e} for e in (1, 2, 3)]
+    final = {"mode": config["mode"], "model": model, "init": init, "dataset": dataset, "seed": seed,
+             "pretrain_source": None if source is None else {"kind": source}, "train_images": None,
+             "last_epoch": history[-1], "best_epoch": history[-1], "parameters": 1000, "trainable_parameters": 1000}
+    json.dump(final, open(os.path.join(run, "final.json"), "w"))
+    yaml.safe_dump(config, open(os.path.join(run, "config.yaml"), "w"))
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    return run
+
+
+def test_rows_name_only_the_settings_that_tell_them_apart(tmp_path):
+    vit = {"model_kwargs": {"patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}}
+    runs = [fabricate(tmp_path, f"v{s}", 0.5 + 0.02 * s, s, **vit) for s in range(2)]  # seeds average
+    runs += [fabricate(tmp_path, "vs", 0.6, 0, source="single", **vit)]
+    runs += [fabricate(tmp_path, "r", 0.4, model="resnet10t", optim__lr=0.004)]
+    runs += [fabricate(tmp_path, "r-lr", 0.45, model="resnet10t", optim__lr=0.01, source="single")]
+    runs += [fabricate(tmp_path, "r-lr2", 0.46, model="resnet10t", optim__lr=0.004, source="single")]
+    runs += [fabricate(tmp_path, "v-ema", 0.55, ema__enabled=True, **vit)]
+    runs += [fabricate(tmp_path, "v-head", 0.56, optim__head_lr_scale=10.0, **vit)]
+    runs += [fabricate(tmp_path, "c100", 0.3, dataset="cifar100", epochs=9, **vit)]  # epochs differ only across datasets
+    out = tmp_path / "report"
+    report_main([*runs, "--out", str(out)])
+    text = (out / "report.md").read_text()
+    rows = table_rows(text)
+    vit_name, plain = "ViT p4 w128 d4 h4", "lr 0.001, head lr x1, no EMA"
+    assert set(rows) == {(vit_name, "scratch", plain), (vit_name, "scratch", "lr 0.001, head lr x1, EMA"),
+                         (vit_name, "scratch", "lr 0.001, head lr x10, no EMA"), (vit_name, "single", plain),
+                         ("resnet10t", "scratch", "lr 0.004, head lr x1, no EMA"),
+                         ("resnet10t", "single", "lr 0.004, head lr x1, no EMA"),
+                         ("resnet10t", "single", "lr 0.01, head lr x1, no EMA")}, text
+    assert rows[(vit_name, "scratch", plain)]["cifar10: acc"] == "51.0 ± 1.0 (n=2)"
+    assert rows[(vit_name, "scratch", plain)]["cifar100: acc"] == "30.0"
+    assert rows[(vit_name, "single", plain)]["cifar100: acc"] == "–"
+    # against the twin with the same settings: resnet10t single lr 0.004 vs scratch lr 0.004
+    same = "lr 0.004, head lr x1, no EMA"
+    assert f"| resnet10t | single | {same} | cifar10 | {same} | +6.0 | 3 of 3 |" in text
+    # no scratch run at lr 0.01: the model's only scratch row, named
+    assert f"| resnet10t | single | lr 0.01, head lr x1, no EMA | cifar10 | {same} | +5.0 |" in text
+    assert f"| {vit_name} | single | {plain} | cifar10 | {plain} | +9.0 |" in text  # not the EMA or head-lr twin
+    # an lr that comes with the model tells no rows apart: no setting column at all
+    report_main([runs[0], runs[2], runs[3], "--out", str(tmp_path / "r2")])
+    text = (tmp_path / "r2" / "report.md").read_text()
+    assert "| model | pretraining | cifar10: acc |" in text and f"| {vit_name} | single | 60.0 |" in text
+
+
+def test_words_for_models_and_sources():
+    assert model_name("vit_tiny_patch16_224", {"patch_size": 4, "embed_dim": 128, "depth": 4}) == "ViT p4 w128 d4"
+    assert model_name("resnet50", {}) == "resnet50"
+    assert source_name({"init": "scratch", "pretrain_source": None}) == "scratch"
+    assert source_name({"init": "w/imagenet.pth", "pretrain_source": None}) == "imagenet.pth"  # not "scratch"
+    assert source_name({"init": "timm:vit_base_patch16_224.augreg_in21k",
+                        "pretrain_source": {"kind": "timm", "description": "ImageNet-21k (augreg_in21k)"}}) \
+        == "ImageNet-21k (augreg_in21k)"
+    assert source_name({"init": "r/model.safetensors", "pretrain_source": {"kind": "multi", "images_seen": 2048}}) \
+        == "multi (2.05k img)"
+
+
+@pytest.mark.parametrize("fold", [None, 3])
+def test_stl10_folds_average_in_one_column(tmp_path, fold):
+    runs = [fabricate(tmp_path, f"f{k}", 0.5 + 0.01 * k, dataset="stl10", data__fold=fold if fold is None else k)
+            for k in range(2)]
+    report_main([*runs, "--out", str(tmp_path / "r")])
+    text = (tmp_path / "r" / "report.md").read_text()
+    column = "stl10 (1k-image folds): acc" if fold is not None else "stl10: acc"
+    assert column in text and "50.5 ± 0.5 (n=2)" in text
