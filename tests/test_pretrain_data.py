@@ -92,3 +92,43 @@ def test_train_samples_sets_the_pretraining_budget(tmp_path):
           "data.render={kind: single, n: 64, classes: 4, size: 32, points: 500, seed: 0}", "data.train_samples=160"])
     sidecar = json.load(open(os.path.join(run, "model.json")))
     assert sidecar["updates"] == 10 and sidecar["images_seen"] == 160
+
+
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_imagenet_validation_pairs_each_image_with_its_own_label(tmp_path, layout):
+    """Validation must see every held-out image once, with its own label and the eval transform:
+    counting samples would not catch shuffled labels or a train-time transform."""
+    from common.config import load_config
+    from pretrain.config import PretrainConfig
+    from pretrain.data import make_source
+
+    rng = np.random.default_rng(0)
+    images = {f"v{i:03d}": rng.integers(0, 256, (40, 40, 3)).astype(np.uint8) for i in range(9)}
+    labels = {key: i % 3 for i, key in enumerate(images)}
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        if layout == "folder":
+            for key, image in images.items():  # train reuses the val images: only val is checked
+                os.makedirs(root / split / f"n{labels[key]:02d}", exist_ok=True)
+                Image.fromarray(image).save(root / split / f"n{labels[key]:02d}" / f"{key}.png")
+        else:
+            os.makedirs(root / split)
+            members = []
+            for key, image in images.items():
+                buf = io.BytesIO()
+                Image.fromarray(image).save(buf, "PNG")
+                members += [(f"{key}.png", buf.getvalue()), (f"{key}.cls", str(labels[key]).encode())]
+            _write_tar(str(root / split / f"imagenet-{split}-000000.tar"), members, tarfile.USTAR_FORMAT)
+    cfg = load_config(TINY, ["data.source=imagenet", f"data.path={root}", "data.num_classes=3", "img_size=40",
+                             "aug.crop_pct=1.0", "data.workers=0"], PretrainConfig)
+    train_tf, eval_tf = make_transforms(cfg["aug"], 40, cfg["mean"], cfg["std"], uint8_train=True)
+    val = make_source(cfg, (train_tf, eval_tf), 3, 0, 1).val_loader()
+    assert len(val) == len(images)
+    seen = []
+    for i in range(len(val)):
+        tensor, label = val[i]
+        # which image is it? the one whose eval transform this is (all differ), and its label must be its own
+        key = next(k for k, img in images.items() if torch.allclose(tensor, eval_tf(Image.fromarray(img)), atol=1e-6))
+        assert int(label) == labels[key], key
+        seen.append(key)
+    assert sorted(seen) == sorted(images)
