@@ -304,3 +304,23 @@ def test_run_folder_error_on_two_processes_ends_both(tmp_path, imagefolder):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert errors and all("already holds a run" in line for line in errors), r.stderr[-3000:]
     assert (run / "config.yaml").read_text() == "seed: 0\n"
+
+
+@pytest.mark.slow
+def test_error_on_one_rank_only_ends_both_processes(tmp_path):
+    """The safety net: an error only rank 0 sees (the other rank waits in a barrier) still ends the run."""
+    script = tmp_path / "one_rank.py"
+    script.write_text(
+        "from accelerate import Accelerator\n"
+        "from common.errors import UserError, run_main\n"
+        "def main():\n"
+        "    acc = Accelerator(cpu=True)\n"
+        "    if acc.is_main_process:\n"
+        "        raise UserError('only rank 0 sees this')\n"
+        "    acc.wait_for_everyone()\n"
+        "run_main(main)\n")
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", "29562", str(script)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert r.returncode != 0 and "error: only rank 0 sees this" in r.stderr, r.stderr[-3000:]
