@@ -138,8 +138,7 @@ class Plan:
                 source = f"{budget['kind']}-{count(n)}"
                 out.append((source, self.weights[(job["name"], source)], self.weights[(job["name"], source)]))
         for source, tag in job["published"].items():
-            init = f"timm:{job['model']}.{tag}"
-            out.append((source, "scratch" if self.smoke else init, None))  # smoke: no published weights offline
+            out.append((source, f"timm:{job['model']}.{tag}", None))
         return out
 
     def _finetune(self) -> None:

@@ -18,7 +18,7 @@ import time
 
 from common.config import load_config
 from common.errors import ArgumentParser, UserError
-from experiments import fabricate
+from experiments import fabricate, smoke
 from experiments.launch import emit_slurm, local_command
 from experiments.plan import Plan
 from experiments.schema import dataset_names, load_experiment
@@ -98,6 +98,20 @@ def smoke_data(needed: dict, data: dict, out: str) -> dict:
     return data
 
 
+def smoke_published(exp: dict, out: str) -> list[str]:
+    """Fabricated published weights in DIR/smoke-data/hf, which this process (and the steps it runs
+    in-process) then reads offline instead of the user's cache."""
+    if not any(job["published"] for job in exp["pretrain"]):
+        return []
+    hf_home = os.path.abspath(os.path.join(out, "smoke-data", "hf"))
+    os.environ.update(HF_HOME=hf_home, HF_HUB_CACHE=os.path.join(hf_home, "hub"), HF_HUB_OFFLINE="1")
+    import huggingface_hub.constants as hub  # read once at import: point it at this cache even if imported
+
+    hub.HF_HUB_CACHE = os.path.join(hf_home, "hub")
+    hub.HF_HUB_OFFLINE = True
+    return smoke.fabricate_published(exp, hf_home)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     exp = load_experiment(args.experiment, args.quick, args.overrides, args.holdout)
@@ -105,13 +119,13 @@ def main(argv=None) -> None:
     data = resolve_data(args.data, needed)
     out = args.out.rstrip("/") or "/"
     if args.smoke:
-        published = [f"{job['name']}-{source}" for job in exp["pretrain"] for source in job["published"]]
-        if published:
-            print(f"[experiment] smoke: published weights are not fetched; {', '.join(published)} start from "
-                  f"scratch here", flush=True)
         if not args.dry_run and not args.emit:
             claim_folder({**exp, "smoke": True}, out)
             data = smoke_data(needed, data, out)
+            published = smoke_published(exp, out)
+            if published:
+                print(f"[experiment] smoke: published weights fabricated (random, shrunk) in an offline Hugging Face "
+                      f"cache: {', '.join(published)}", flush=True)
         else:
             data = {**{name: os.path.join(out, "smoke-data", name) for name in needed}, **data}
     if args.dry_run:  # the commands can be shown before the data is at hand

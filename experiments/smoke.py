@@ -2,9 +2,12 @@
 
 Renders of a few dozen 32 px images, one epoch of a few dozen images per training, every model
 shrunk through `model_kwargs` to a few layers of its own family (same timm class, same code path),
-one process. Published weights (timm: sources) are not fetched: their fine-tunes start from
-scratch, which the runner says in one printed note.
+one process. Published weights (timm: sources) are never fetched: --smoke fabricates them (random
+weights of the shrunk model) in an offline Hugging Face cache of its own, DIR/smoke-data/hf, where
+timm's loading finds them exactly as it finds real ones (HF_HUB_OFFLINE=1).
 """
+
+import os
 
 from common.config import load_config
 from common.errors import UserError
@@ -50,7 +53,7 @@ def finetune_overrides(over: dict, job: dict, init: str) -> dict:
            "data.train_per_class": TRAIN_PER_CLASS}
     if over.get("mode") == "few_shot":
         out.update({"few_shot.shots": [1, 2], "few_shot.trials": 1})
-    if init == "scratch":  # pretrained weights bring their own (tiny) architecture in model.json
+    if not init.endswith(".safetensors"):  # a pretraining's weights bring their tiny architecture in model.json
         out.update(tiny(over.get("model") or job["model"]))
     return out
 
@@ -60,3 +63,34 @@ def analysis_args(job: dict) -> list[str]:
 
     kwargs = tiny(job["model"]).get("model_kwargs")
     return ["--img-size", str(IMG_SIZE), *(["--model-kwargs", yaml_value(kwargs)] if kwargs else [])]
+
+
+def fabricate_published(exp: dict, hf_home: str) -> list[str]:
+    """Random weights of the shrunk model for every published tag the experiment names, laid out as
+    the Hugging Face hub cache (models--timm--<name>.<tag>/refs/main + snapshots/<hash>/model.safetensors).
+    Returns the weights names."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from common.models import build
+
+    made = []
+    for job in exp["pretrain"]:
+        for tag in job["published"].values():
+            name = f"{job['model']}.{tag}"
+            repo = os.path.join(hf_home, "hub", f"models--timm--{name}")
+            revision = "0" * 40
+            path = os.path.join(repo, "snapshots", revision, "model.safetensors")
+            if not os.path.exists(path):
+                torch.manual_seed(0)
+                classes = timm.models.get_pretrained_cfg(name).num_classes
+                model = build(job["model"], classes, IMG_SIZE, model_kwargs=tiny(job["model"]).get("model_kwargs"))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+                with open(os.path.join(repo, "refs", "main"), "w") as f:
+                    f.write(revision)
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path + ".tmp")
+                os.replace(path + ".tmp", path)
+            made.append(name)
+    return made
