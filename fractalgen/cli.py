@@ -35,7 +35,8 @@ def _spec_args(p, n_required: bool):
     p.add_argument("--n", type=int, required=n_required, default=None if n_required else 32,
                    help="number of samples")
     p.add_argument("--classes", type=int, default=None, help="number of classes (default 1000, or fewer for small n)")
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default 256; rcdb / visualatom 512 as published; FractalDB's own is 362)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (default 256; rcdb / visualatom 512 as published; FractalDB's own is 362)")
     p.add_argument("--points", type=int, default=None, help="chaos-game points per fractal (default 100000)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
     p.add_argument("--color", action="store_true", default=None, help="fractaldb: colour instead of white on black")

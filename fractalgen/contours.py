@@ -290,7 +290,8 @@ NOTES = {
 
 def _int_range(options: dict, key: str, low: int, high: int | None = None) -> None:
     lo, hi = options[key]
-    if not (float(lo).is_integer() and float(hi).is_integer()) or not low <= lo <= hi or (high is not None and hi > high):
+    whole = float(lo).is_integer() and float(hi).is_integer()
+    if not whole or not low <= lo <= hi or (high is not None and hi > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise UserError(f"option {key}={options[key]!r} must be two whole numbers lo <= hi, both {bound}")
     options[key] = [int(lo), int(hi)]
@@ -372,7 +373,8 @@ def load_class_params(path: str) -> tuple[list, dict]:
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; re-run the fractalgen render command") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a contour class-parameter file ({e}); re-run the fractalgen render command") from None
+        raise UserError(f"{path} is not a contour class-parameter file ({e}); "
+                        f"re-run the fractalgen render command") from None
     if not params or any(p.shape != (len(fields),) or not np.isfinite(p).all() for p in params):
         raise UserError(f"{path}: every class needs {len(fields)} finite numbers ({', '.join(fields)})")
     return params, {k: v for k, v in doc.items() if k != "systems"}

@@ -207,5 +207,6 @@ def test_bad_options_one_line_exit_2(tmp_path, option, words):
     result = subprocess.run([sys.executable, "-m", "fractalgen", "render", "--kind", kind, "--n", "4",
                              "--option", option, "--out", str(tmp_path / "o"), *SMALL], capture_output=True, text=True)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], result.stderr
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and words in lines[0], result.stderr
     assert not (tmp_path / "o").exists()
