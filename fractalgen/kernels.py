@@ -407,21 +407,37 @@ def blur3(img, sigma):
 
 
 
-_U511 = np.uint64(511)
+_M32 = np.uint64(0xFFFFFFFF)
 
 
 @njit(cache=True, inline="always")
-def _mix(z):
-    """splitmix64's finaliser: a well-mixed 64-bit hash of z."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+def _hash32(x):
+    """A well-mixed 32-bit hash of x < 2**32 (Chris Wellons' lowbias32: two multiplies). Numba widens
+    integer products, so the arithmetic is uint64 masked back to 32 bits."""
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & _M32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & _M32
+    return x ^ (x >> np.uint64(16))
+
+
+@njit(cache=True, inline="always")
+def _seed32(seed):
+    s = np.uint64(seed)
+    return (s >> np.uint64(32)) ^ (s & _M32)
+
+
+@njit(cache=True, inline="always")
+def _mask(seed32, i):
+    """In 1..511: the top 16 bits of the hash scaled to 0..510, plus 1."""
+    return np.uint64(1) + (((_hash32(np.uint64(i) ^ seed32) >> np.uint64(16)) * np.uint64(511)) >> np.uint64(16))
 
 
 @njit(cache=True)
 def patch_mask(seed, i):
-    """Point i's 3x3 on/off mask (bit 3 dy + dx is cell (dy, dx)), uniform in 1..511: never empty."""
-    return np.int64(1) + np.int64(((_mix(np.uint64(seed) + np.uint64(i)) >> _S32) * _U511) >> _S32)
+    """Point i's 3x3 on/off mask (bit 3 dy + dx is cell (dy, dx)) in 1..511, never empty: a hash of
+    (seed, i), so the pixel pass can find it from the point's index alone."""
+    return np.int64(_mask(_seed32(seed), i))
 
 
 MAX_PATCH_POINTS = 1 << 26  # point indices times 16 must fit the int32 keys below
@@ -441,12 +457,15 @@ def stamp_random_patches(xs, ys, xmin, xmax, ymin, ymax, pad, seed, value, image
     h, w = image.shape
     ax = (w - 1 - 2 * pad) / max(xmax - xmin, 1e-300)
     ay = (h - 1 - 2 * pad) / max(ymax - ymin, 1e-300)
-    # 16 * (last point at the pixel), -16 for none, with a 1-pixel border so every neighbour exists
+    n = xs.shape[0]
+    # pass 1 (vectorises): each point's pixel in an image with a 1-pixel border (so every neighbour exists)
+    idx = np.empty(n, np.int32)
+    for i in range(n):
+        idx[i] = (h - pad - np.int32((ys[i] - ymin) * ay)) * (w + 2) + pad + 1 + np.int32((xs[i] - xmin) * ax)
+    # pass 2: 16 * (last point at each pixel), -16 for none
     last = np.full((h + 2) * (w + 2), -16, np.int32)
-    for i in range(xs.shape[0]):
-        py = h - pad - np.int32((ys[i] - ymin) * ay)  # bordered row, y up
-        px = pad + 1 + np.int32((xs[i] - xmin) * ax)
-        last[py * (w + 2) + px] = i * 16
+    for i in range(n):
+        last[idx[i]] = i * 16
     last = last.reshape(h + 2, w + 2)
     across = np.empty((h + 2, w), np.int32)  # latest of the row neighbours; low bits: cell column dx
     for y in range(h + 2):
@@ -454,6 +473,7 @@ def stamp_random_patches(xs, ys, xmin, xmax, ymin, ymax, pad, seed, value, image
         o = across[y]
         for x in range(w):  # the point at column x + 1 - dx covers x with its cell column dx
             o[x] = max(r[x + 2], max(r[x + 1] + 1, r[x] + 2))
+    seed32 = _seed32(seed)
     key = np.empty(w, np.int32)
     for y in range(h):
         below, here, above = across[y + 2], across[y + 1], across[y]
@@ -463,7 +483,7 @@ def stamp_random_patches(xs, ys, xmin, xmax, ymin, ymax, pad, seed, value, image
         for x in range(w):
             k = key[x]
             if k >= 0:
-                out[x] = value * np.uint8((patch_mask(seed, k >> 4) >> (k & 15)) & 1)
+                out[x] = value * np.uint8((_mask(seed32, k >> 4) >> np.uint64(k & 15)) & np.uint64(1))
 
 
 @njit(cache=True)

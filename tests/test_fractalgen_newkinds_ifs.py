@@ -16,7 +16,7 @@ from fractalgen.fewimage import GRAY, PAD
 from fractalgen.search import search
 from fractalgen.systems import save_systems, sigma_factor, thresholds
 
-M64 = (1 << 64) - 1
+M32 = (1 << 32) - 1
 FAST = ["--size", "40", "--points", "3000", "--no-progress"]
 
 
@@ -46,12 +46,14 @@ def ofdb_systems(tmp_path_factory):
 
 
 def reference_mask(seed: int, i: int) -> int:
-    """splitmix64's finaliser of seed + i, mapped to 1..511, in plain Python integers."""
-    z = (seed + i) & M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    z ^= z >> 31
-    return 1 + (((z >> 32) * 511) >> 32)
+    """lowbias32 of i ^ (the two halves of seed xor-ed), mapped to 1..511, in plain Python integers."""
+    x = (i ^ (seed >> 32) ^ seed) & M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & M32
+    x ^= x >> 16
+    return 1 + (((x >> 16) * 511) >> 16)
 
 
 def reference_stamp(xs, ys, size, pad, seed, value):
