@@ -96,7 +96,7 @@ def setting_words(key: str, value) -> str:
     if key == "ema.decay":
         return f"EMA decay {value:g}"
     if key == "optim.opt":
-        return value
+        return f"optimiser {value}"
     if key == "batch_size":
         return f"batch {value}"
     return f"{key} {value}"
@@ -366,10 +366,10 @@ def _curves(runs, path):
             color = line.get_color() if line else None
             val_loss, train_loss = _mean_curve(histories, "val_loss"), _mean_curve(histories, "train_loss")
             if val_loss:
-                color = loss_ax.plot(*val_loss, "-o", ms=3, color=color, label=f"{_row_label(row)} (val)")[0].get_color()
+                color = loss_ax.plot(*val_loss, "-o", ms=3, color=color, label=_row_label(row))[0].get_color()
             if train_loss:
-                loss_ax.plot(*train_loss, "--", color=color, label=f"{_row_label(row)} (train)")
-        for ax, ylabel in ((acc_ax, "val accuracy (%)"), (loss_ax, "loss")):
+                loss_ax.plot(*train_loss, "--", color=color)
+        for ax, ylabel in ((acc_ax, "val accuracy (%)"), (loss_ax, "loss (val solid, train dashed)")):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             _label(ax, d, "epoch", ylabel)
     _save(fig, path)

@@ -55,7 +55,9 @@ def test_real_runs_by_source_mode_and_augmentation(tmp_path, offline_hub):  # no
     assert cells["imagefolder: acc"] == f"{100 * final['last_epoch']['val_acc']:.1f}"
     assert cells["imagefolder: min loss (extra)"] == f"{min(h['val_loss'] for h in history):.3f}"
     assert cells["imagefolder: best macro-F1 (extra)"] == f"{100 * max(h['val_macro_f1'] for h in history):.1f}"
-    assert "| test_resnet | linear probe |" in text  # parameters: a probe trains only the head
+    probe = json.loads((tmp_path / "timm-probe" / "final.json").read_text())  # a probe trains only the head
+    assert probe["trainable_parameters"] < probe["parameters"]
+    assert f"| test_resnet | linear probe | {probe['parameters']:,} | {probe['trainable_parameters']:,} |" in text
     assert "All runs: 32 px, 2 epochs" in text and "Runs: 4" in text
     assert (out / "curves.png").stat().st_size > 1000
 
