@@ -475,10 +475,10 @@ def main(argv=None) -> int:
         steps = set()
     if not steps or not steps <= {1, 2, 3, 4, 5}:
         raise UserError(f"--steps takes step numbers 1-5 separated by commas, got {args.steps!r}")
+    cifar = find_cifar(args.cifar, gpu=not args.cpu_smoke)
     os.makedirs(args.out, exist_ok=True)
     if not os.access(args.out, os.W_OK):
         raise UserError(f"cannot write to --out {args.out}; choose a writable folder")
-    cifar = find_cifar(args.cifar, gpu=not args.cpu_smoke)
     work = args.work or tempfile.mkdtemp(prefix="gpu_check-")
     os.makedirs(work, exist_ok=True)
     check = Check(cpu_smoke_scale() if args.cpu_smoke else gpu_scale(), args.out, work, cifar)

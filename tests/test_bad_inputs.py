@@ -32,7 +32,7 @@ TIMEOUT_S = 120
 @dataclass
 class Case:
     name: str
-    entry: str                    # pretrain | finetune | fractalgen | report | analyze | experiments
+    entry: str                    # pretrain | finetune | fractalgen | report | analyze | experiments | gpu_check
     argv: list
     words: tuple = ()             # each must appear in the error line (case-insensitive)
     code: int = 2
@@ -56,6 +56,13 @@ def _entry(name: str) -> Callable[[list], int | None]:
     if name == "fractalgen":
         from fractalgen.cli import main
         return main
+    if name == "gpu_check":  # a script beside the benchmarks, not a module of a package
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "benchmarks", "gpu_check.py"))
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        return lambda argv: run_main(script.main, argv)
     module = {"pretrain": "pretrain.main", "finetune": "finetune.main", "report": "finetune.report",
               "analyze": "finetune.analyze", "experiments": "experiments.__main__"}[name]
     main = __import__(module, fromlist=["main"]).main
@@ -300,6 +307,18 @@ CASES += [
          ("--resume-from", "no run to continue")),
     Case("pretrain: --resume where no checkpoint can be read", "pretrain", ["--config", TINY, "--out", "{out}", "--resume"],
          ("no checkpoint", "can be read"), setup=_run_with_unreadable_checkpoints),
+]
+
+# == GPU check (benchmarks/gpu_check.py) ==
+
+CASES += [
+    Case("gpu_check: --steps outside 1-5", "gpu_check", ["--cpu-smoke", "--out", "{out}", "--steps", "2,7"],
+         ("--steps", "1-5")),
+    Case("gpu_check: --steps not numbers", "gpu_check", ["--cpu-smoke", "--out", "{out}", "--steps", "all"],
+         ("--steps",)),
+    Case("gpu_check: --cifar not in the CIFAR-10 layout", "gpu_check",
+         ["--cpu-smoke", "--out", "{out}", "--cifar", "{folder}"], ("--cifar", "cifar-10-batches-py")),
+    Case("gpu_check: unknown option", "gpu_check", ["--cpu-smoke", "--out", "{out}", "--gpus", "2"], ("--gpus",)),
 ]
 
 # --- the runner --------------------------------------------------------------------------------
