@@ -111,3 +111,57 @@ def test_cpu_smoke_runs_every_step_and_writes_sane_figures(tmp_path):
     assert len(files) <= 8 and all(p.count(os.sep) <= 1 for p in files)
     assert sorted(files) == sorted(["figures.json"] + [f"logs/{n}.log" for n in steps])
     assert "| 5 finetune_cifar10 | ok |" in proc.stdout
+
+
+def test_gpu_mode_commands_pass_each_stage_config_check(tmp_path, monkeypatch, capsys):
+    """The full-scale commands are never run here: check that each one's config, with the check's
+    overrides, passes the stage's own typed config check (--print-config) with the intended values."""
+    import yaml
+
+    ran = []
+
+    def fake_run(self, name, step, argv):
+        ran.append((name, argv))
+        if name == "render":  # steps 2 and 4 need the shards' card
+            out = argv[argv.index("--out") + 1]
+            os.makedirs(out, exist_ok=True)
+            open(os.path.join(out, "dataset.json"), "w").close()
+        result = gpu_check.Result(name, step, status="ok", wall_s=1.0)
+        self.results.append(result)
+        return result
+
+    monkeypatch.setattr(gpu_check.Check, "run", fake_run)
+    check = gpu_check.Check(gpu_check.gpu_scale(), str(tmp_path / "out"), str(tmp_path / "work"), None)
+    check.all({1, 2, 3, 4, 5})
+    assert [name for name, _ in ran] == ["render", *PRETRAIN_RUNS, "finetune_cifar10"]
+    render = ran[0][1]
+    assert render[1:4] == ["-m", "fractalgen", "render"] and render[render.index("--size") + 1] == "224"
+    assert render[render.index("--n") + 1] == "20000"
+
+    from finetune.main import main as finetune_main
+    from pretrain.main import main as pretrain_main
+
+    resolved = {}
+    for name, argv in ran[1:]:
+        assert argv[1:3] == ["-m", "accelerate.commands.launch"] and "--mixed_precision" in argv
+        script = next(a for a in argv if a.endswith("/main.py"))
+        capsys.readouterr()
+        (pretrain_main if script.startswith("pretrain") else finetune_main)(argv[argv.index(script) + 1:] +
+                                                                            ["--print-config"])
+        resolved[name] = yaml.safe_load(capsys.readouterr().out)
+    gpu_updates = {"deit_s16_shards": 300, "deit_s16_render": 100, "render_one_worker": 12, "resnet50": 100,
+                   "vit_s32": 100}
+    for name, updates in gpu_updates.items():
+        cfg = resolved[name]
+        assert cfg["precision"] == "bf16" and cfg["img_size"] == 224 and cfg["epochs"] == 1, name
+        assert cfg["data"]["train_samples"] == updates * cfg["batch_size"], name
+    assert resolved["deit_s16_shards"]["batch_size"] == 1024 and resolved["deit_s16_shards"]["model"] == \
+        "deit_small_patch16_224"
+    assert resolved["deit_s16_render"]["data"]["source"] == "render"
+    assert resolved["deit_s16_render"]["data"]["render"]["kind"] == "multi"
+    assert resolved["deit_s16_render"]["aug"]["mixup"] == 0  # multi-label
+    assert resolved["render_one_worker"]["data"]["workers"] == 1 and resolved["render_one_worker"]["batch_size"] == 64
+    assert resolved["resnet50"]["model"] == "resnet50" and resolved["resnet50"]["channels_last"] is True
+    assert resolved["vit_s32"]["model"] == "vit_small_patch32_224"
+    ft = resolved["finetune_cifar10"]
+    assert ft["img_size"] == 224 and ft["epochs"] == 1 and ft["precision"] == "bf16"
