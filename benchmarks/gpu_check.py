@@ -95,8 +95,8 @@ def cpu_smoke_scale() -> Scale:
         log_every=2, val_samples=16,
         launch=("--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no"),
-        budgets={"render": 120, "deit_s16_shards": 120, "deit_s16_render": 120, "render_one_worker": 120,
-                 "resnet50": 120, "vit_s32": 120, "finetune_cifar10": 120},
+        budgets=dict.fromkeys(["render", "deit_s16_shards", "deit_s16_render", "render_one_worker", "resnet50",
+                               "vit_s32", "finetune_cifar10"], 300),  # only against hangs: a shared CPU is slow
         model={"deit_s16": (vit,), "vit_s32": (vit,), "resnet50": (resnet,)},
         finetune=("img_size=32", "eval_batch=64", "log_every=2"), finetune_batch=16, fabricate_per_batch=16)
 
@@ -183,8 +183,9 @@ class Check:
         batch = batch or s.batch or _config_batch(config)
         run_dir = os.path.join(self.work, name)
         shutil.rmtree(run_dir, ignore_errors=True)
+        # precision quoted: YAML reads a bare `no` as false
         overrides = [f"img_size={s.size}", f"batch_size={batch}", "epochs=1", f"data.train_samples={updates * batch}",
-                     f"data.workers={s.workers}", f"data.val_samples={s.val_samples}", f'precision="{s.precision}"',  # quoted: YAML reads a bare no as false
+                     f"data.workers={s.workers}", f"data.val_samples={s.val_samples}", f'precision="{s.precision}"',
                      f"log_every={s.log_every}", *s.model.get(model, ()), *extra]
         argv = self.launch("pretrain/main.py", "--config", config, "--out", run_dir,
                            *(["--data", data] if data else []), *overrides)
@@ -239,12 +240,9 @@ class Check:
         if 1 in steps or ({2, 4} & steps and not os.path.exists(os.path.join(shards, "dataset.json"))):
             self.render()
         have_shards = os.path.exists(os.path.join(shards, "dataset.json"))
-        weights = None
         if 2 in steps:
             if have_shards:
-                r = self.pretrain("deit_s16_shards", 2, "deit_s16", s.updates, shards, ["optim.warmup_epochs=1"])
-                path = os.path.join(self.work, "deit_s16_shards", "model.safetensors")
-                weights = path if r.status == "ok" and os.path.exists(path) else None
+                self.pretrain("deit_s16_shards", 2, "deit_s16", s.updates, shards, ["optim.warmup_epochs=1"])
             else:
                 self.skip("deit_s16_shards", 2, "no shards: step 1 failed")
         if 3 in steps:
@@ -255,8 +253,9 @@ class Check:
                     self.pretrain(model, 4, model, s.other_updates, shards, extra)
                 else:
                     self.skip(model, 4, "no shards: step 1 failed")
-        if 5 in steps:
-            self.finetune(weights)
+        if 5 in steps:  # step 2's weights: made now, or by an earlier check with the same --work
+            weights = os.path.join(self.work, "deit_s16_shards", "model.safetensors")
+            self.finetune(weights if os.path.exists(weights) else None)
 
     def render_source(self) -> None:
         """Step 3: on-the-fly multi-instance rendering in the workers, then one worker alone (a small
