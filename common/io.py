@@ -55,3 +55,16 @@ def save_atomically(path: str, save) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def read_json(path: str, what: str):
+    """A JSON file a user hands us (model.json, final.json): its content, or one clear error line."""
+    from .errors import UserError
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror if isinstance(e, OSError) else e}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e.msg} at line {e.lineno}); re-create it") from None

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .io import read_json
 
 log = logging.getLogger(__name__)
 SIDECAR = "model.json"
@@ -106,8 +107,13 @@ def read_sidecar(weights: str) -> dict | None:
     path = os.path.join(os.path.dirname(os.path.abspath(weights)), SIDECAR)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    sidecar = read_json(path, "weights sidecar")
+    needed = ("model", "num_classes", "img_size", "mean", "std")
+    missing = [k for k in needed if not isinstance(sidecar, dict) or k not in sidecar]
+    if missing:
+        raise UserError(f"weights sidecar {path} lacks {', '.join(missing)}; it must be the model.json written "
+                        f"beside model.safetensors by pretrain or finetune")
+    return sidecar
 
 
 def _read_state_dict(path: str) -> dict:

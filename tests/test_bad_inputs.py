@@ -321,6 +321,60 @@ CASES += [
     Case("gpu_check: unknown option", "gpu_check", ["--cpu-smoke", "--out", "{out}", "--gpus", "2"], ("--gpus",)),
 ]
 
+# == files users hand us (weights sidecars, finished runs) and output folders ==
+
+
+def _weights_with_sidecar(text: str) -> Callable:
+    """setup: {tmp}/w/model.safetensors (a real resnet10t) beside a model.json holding `text`."""
+    def setup(tmp):
+        from common.models import build
+        from safetensors.torch import save_file
+
+        os.makedirs(os.path.join(tmp, "w"))
+        save_file(build("resnet10t", 3).state_dict(), os.path.join(tmp, "w", "model.safetensors"))
+        with open(os.path.join(tmp, "w", "model.json"), "w") as f:
+            f.write(text)
+    return setup
+
+
+CASES += [
+    Case("finetune: --init weights whose model.json is not JSON", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "--init", "{tmp}/w/model.safetensors"],
+         ("model.json", "not valid json"), setup=_weights_with_sidecar('{"model": "resnet10t",')),
+    Case("finetune: --init weights whose model.json lacks keys", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "--init", "{tmp}/w/model.safetensors"],
+         ("model.json", "lacks num_classes"), setup=_weights_with_sidecar('{"model": "resnet10t"}')),
+    Case("finetune: --init file that does not exist", "finetune",
+         ["--config", CIFAR10, "--data", "{cifar}", "--out", "{out}", "--init", "{tmp}/nope.safetensors"],
+         ("nope.safetensors", "does not exist")),
+    Case("analyze: weights whose model.json is not JSON", "analyze",
+         ["--weights", "{tmp}/w/model.safetensors", "--out", "{out}"], ("model.json", "not valid json"),
+         setup=_weights_with_sidecar("[1, 2")),
+    Case("report: a run whose final.json is not JSON", "report", ["{tmp}/runs", "--out", "{out}"],
+         ("final.json", "not valid json"), setup=write("runs/r1/final.json", "{{\"mode\": ")),
+    Case("report: no finished run under the folders given", "report", ["{tmp}/runs", "--out", "{out}"],
+         ("no finished", "final.json"), setup=write("runs/r1/notes.txt", "empty")),
+    Case("report: --out is a file", "report", ["{tmp}/runs", "--out", "{tmp}/afile"], ("afile",),
+         setup=lambda tmp: (write("runs/r1/final.json", "{{}}")(tmp), write("afile", "x")(tmp))),
+]
+
+# == fractalgen new kinds (1p-frac, ofdb) ==
+
+CASES += [
+    Case("fractalgen: 1p-frac delta below 0", "fractalgen",
+         ["render", "--kind", "1p-frac", "--n", "4", "--option", "delta=-0.1", "--out", "{out}"], ("delta", "[0, 1)")),
+    Case("fractalgen: 1p-frac delta of 1", "fractalgen",
+         ["render", "--kind", "1p-frac", "--n", "4", "--option", "delta=1", "--out", "{out}"], ("delta", "[0, 1)")),
+    Case("fractalgen: 1p-frac sigma beyond a 2-map system", "fractalgen",
+         ["render", "--kind", "1p-frac", "--n", "4", "--option", "sigma=6.5", "--out", "{out}"], ("sigma",)),
+    Case("fractalgen: 1p-frac with a systems file", "fractalgen",
+         ["render", "--kind", "1p-frac", "--n", "4", "--systems", "{tmp}/s.json", "--out", "{out}"], ("--systems",)),
+    Case("fractalgen: ofdb weight 0 (checked before the class search)", "fractalgen",
+         ["render", "--kind", "ofdb", "--n", "4", "--option", "weights=[0,1,1,1,1,1]", "--out", "{out}"], ("weights",)),
+    Case("fractalgen: ofdb in colour", "fractalgen",
+         ["render", "--kind", "ofdb", "--n", "4", "--color", "--out", "{out}"], ("--color",)),
+]
+
 # --- the runner --------------------------------------------------------------------------------
 
 
