@@ -128,10 +128,15 @@ def seed_everything(seed: int, accelerator: Accelerator) -> None:
     seed_all(seed + accelerator.process_index)
 
 
+def position_seed(*keys: int) -> int:
+    """One seed from a position (seed, epoch, update, rank, ...), well mixed by NumPy's SeedSequence."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
 def step_seed(*keys: int) -> None:
     """Seed from a position (seed, update, rank, ...): randomness that is a function of where the run
     is, so a resumed run draws exactly what the uninterrupted one drew."""
-    seed_all(int(np.random.SeedSequence(list(keys)).generate_state(1)[0]))
+    seed_all(position_seed(*keys))
 
 
 def rng_states() -> tuple[dict, dict]:

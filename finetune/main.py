@@ -21,7 +21,8 @@ from accelerate import skip_first_batches
 
 from common import runs
 from common.config import dump, load_config, save_config
-from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything, step_seed
+from common.engine import (Trainer, evaluate, make_accelerator, per_rank_batch, position_seed,
+                           seed_everything, step_seed)
 from common.errors import ArgumentParser, UserError, run_main
 from common.io import atomic_write, write_json
 from common.models import TIMM_PREFIX, count_parameters, create_model, export_model, published_weights, read_sidecar
@@ -229,7 +230,7 @@ def train(cfg: dict, model, data: Data, acc, resume: bool, checkpoint: str | Non
     def batches(epoch, skip):
         """The epoch's batches, a pure function of (seed, epoch): order and augmentation alike."""
         samples.epoch = epoch
-        generator.manual_seed(int(np.random.SeedSequence([cfg["seed"], epoch]).generate_state(1)[0]))
+        generator.manual_seed(position_seed(cfg["seed"], epoch))
         loader.set_epoch(epoch)
         for images, targets in skip_first_batches(loader, skip) if skip else loader:  # skipped: never loaded
             yield images, targets, ()
