@@ -375,23 +375,6 @@ CASES += [
          ["render", "--kind", "ofdb", "--n", "4", "--color", "--out", "{out}"], ("--color",)),
 ]
 
-# == fractalgen new kinds (1p-frac, ofdb) ==
-
-CASES += [
-    Case("fractalgen: 1p-frac delta below 0", "fractalgen",
-         ["render", "--kind", "1p-frac", "--n", "4", "--option", "delta=-0.1", "--out", "{out}"], ("delta", "[0, 1)")),
-    Case("fractalgen: 1p-frac delta of 1", "fractalgen",
-         ["render", "--kind", "1p-frac", "--n", "4", "--option", "delta=1", "--out", "{out}"], ("delta", "[0, 1)")),
-    Case("fractalgen: 1p-frac sigma beyond a 2-map system", "fractalgen",
-         ["render", "--kind", "1p-frac", "--n", "4", "--option", "sigma=6.5", "--out", "{out}"], ("sigma",)),
-    Case("fractalgen: 1p-frac with a systems file", "fractalgen",
-         ["render", "--kind", "1p-frac", "--n", "4", "--systems", "{tmp}/s.json", "--out", "{out}"], ("--systems",)),
-    Case("fractalgen: ofdb weight 0 (checked before the class search)", "fractalgen",
-         ["render", "--kind", "ofdb", "--n", "4", "--option", "weights=[0,1,1,1,1,1]", "--out", "{out}"], ("weights",)),
-    Case("fractalgen: ofdb in colour", "fractalgen",
-         ["render", "--kind", "ofdb", "--n", "4", "--color", "--out", "{out}"], ("--color",)),
-]
-
 # --- the runner --------------------------------------------------------------------------------
 
 
