@@ -159,8 +159,8 @@ def load_runs(paths: list) -> list:
 
 def label_rows(runs: list) -> None:
     """Give each run its row (model, source, setting words). A setting is part of the row when runs on
-    the same dataset differ in it; the label names the fewest of those that still tell every row apart
-    (an lr that comes with the model is not repeated)."""
+    the same dataset differ in it; the label names the mode, if it differs, and the fewest other settings
+    that still tell every row apart (an lr that comes with the model is not repeated)."""
     keys = sorted({k for r in runs for k in r["settings"]})
     by_col = defaultdict(list)
     for r in runs:
@@ -174,6 +174,8 @@ def label_rows(runs: list) -> None:
     distinct = len({identity(r, varying) for r in runs})
     shown = list(varying)
     for k in reversed(varying):  # least telling first: drop a setting when the rows stay apart without it
+        if k == "mode":  # a linear probe is never left to be guessed from its numbers
+            continue
         trial = [x for x in shown if x != k]
         if len({identity(r, trial) for r in runs}) == distinct:
             shown = trial

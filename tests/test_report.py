@@ -143,3 +143,11 @@ def test_stl10_folds_average_in_one_column(tmp_path, fold):
     text = (tmp_path / "r" / "report.md").read_text()
     column = "stl10 (1k-image folds): acc" if fold is not None else "stl10: acc"
     assert column in text and "50.5 ± 0.5 (n=2)" in text
+
+
+def test_mode_is_named_whenever_it_differs(tmp_path):
+    runs = [fabricate(tmp_path, "scratch", 0.4), fabricate(tmp_path, "probe", 0.5, source="multi", mode="linear_probe")]
+    report_main([*runs, "--out", str(tmp_path / "r")])
+    rows = table_rows((tmp_path / "r" / "report.md").read_text())
+    assert set(rows) == {("vit_tiny_patch16_224", "scratch", "fine-tune"),
+                         ("vit_tiny_patch16_224", "multi", "linear probe")}
