@@ -29,7 +29,7 @@ import fractalgen
 from common.engine import step_seed
 from common.errors import UserError
 from fractalgen.card import sha256_file
-from pretrain.shards import BadSample, CorruptSample, CorruptTally, shard_batches, tallied
+from pretrain.shards import BadSample, CorruptSample, CorruptTally, seed_sample, shard_batches, tallied
 
 
 class Source:
@@ -279,7 +279,7 @@ class ImageNetFolder(Source):
         subset = [int(i) for s in range(skip, self.steps_per_epoch)
                   for i in order[s * per_step + self.rank * self.batch: s * per_step + (self.rank + 1) * self.batch]]
         files = _KeyedFiles(self.train.samples, subset, self.train_tf, key=(self.seed, epoch, self.rank),
-                            first_position=skip * self.batch)
+                            first_position=skip * self.batch, batch=self.batch)
         loader = DataLoader(files, batch_size=self.batch, shuffle=False, num_workers=self.workers, drop_last=True,
                             collate_fn=_collate_good)
         return tallied(loader, self.tally)
@@ -290,24 +290,25 @@ class ImageNetFolder(Source):
 
 class _KeyedFiles(torch.utils.data.Dataset):
     """Some of an ImageFolder's (path, class) samples; items carry their file index as the key, are
-    augmented under a seed keyed by (key, position in the epoch) (exact resume, whichever worker runs
-    them), and a file that does not decode becomes a BadSample naming it."""
+    augmented under a seed keyed by (key, position of their batch in the epoch) (exact resume,
+    whichever worker runs them), and a file that does not decode becomes a BadSample naming it."""
 
-    def __init__(self, samples: list, indices: list, transform, key: tuple, first_position: int):
+    def __init__(self, samples: list, indices: list, transform, key: tuple, first_position: int, batch: int):
         self.samples, self.indices, self.transform = samples, indices, transform
-        self.key, self.first_position = key, first_position
+        self.key, self.first_position, self.batch = key, first_position, batch
 
     def __len__(self):
         return len(self.indices)
 
     def __getitem__(self, i):
+        if i % self.batch == 0:  # a batch is read by one process, in order: seeding its first item keys them all
+            seed_sample(*self.key, self.first_position + i)
         path, cls = self.samples[self.indices[i]]
         try:
             with open(path, "rb") as f:
                 image = _open_image(f.read())
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
             return BadSample(path, f"image does not decode ({e})")
-        step_seed(*self.key, self.first_position + i)
         return self.transform(image), torch.tensor(cls, dtype=torch.long), str(self.indices[i])
 
 

@@ -7,15 +7,16 @@ same samples webdataset's tarfile_to_samples yields (key = name up to the first 
 name), at a fraction of the cost. ustar, pax (path records) and GNU long names are understood.
 """
 
+import hashlib
 import random
 import sys
 from typing import NamedTuple
 
 import numpy as np
+import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
-from common.engine import step_seed
 from common.errors import UserError
 
 BLOCK = 512
@@ -168,20 +169,35 @@ def _shard_reader(urls: list):
     return stage
 
 
+def seed_sample(*keys: int) -> None:
+    """Seed Python, NumPy and torch's CPU generator from a position, for augmentation in a DataLoader
+    worker. Not common.engine.step_seed: its SeedSequence and torch.manual_seed (which also seeds
+    every device) cost ~1 ms, more than decoding a small image."""
+    seed = int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=8).digest(), "little")
+    random.seed(seed)
+    np.random.seed(seed >> 32)
+    torch.default_generator.manual_seed(seed)
+
+
 def _decode_stage(decode, key: tuple):
-    """Pipeline stage: sample -> decode(sample), each seeded by (key, worker, position in the
-    worker's stream), so augmentation is a pure function of where the sample falls, whichever
-    process runs it and whenever (exact resume). Undecodable samples become BadSamples."""
+    """Pipeline stage: sample -> decode(sample), augmentation keyed by (key, worker, position), so a
+    resumed run, which replays the epoch's stream, draws exactly what the uninterrupted one drew.
+    In a DataLoader worker nothing else draws from the worker's generators: seeding once per stream
+    is enough. In the main process (workers=0) training steps draw between batches: every sample is
+    seeded (~40 us each, see docs/benchmarks.md). Undecodable samples become BadSamples."""
 
     def stage(items):
         info = get_worker_info()
         worker = info.id if info else 0
+        if info:
+            seed_sample(*key, worker)
         for position, item in enumerate(items):
             if isinstance(item, BadSample):
                 yield item
                 continue
             where = f"{item['__url__']} {item['__key__']}"
-            step_seed(*key, worker, position)
+            if not info:
+                seed_sample(*key, worker, position)
             try:
                 yield decode(item)
             except CorruptSample as e:

@@ -396,3 +396,27 @@ def test_kill_and_resume_on_shards_equals_the_uninterrupted_run(tmp_path, fracta
     assert max(a) == max(b) == 4 * 96 // 16
     for step in range(1, max(a) + 1):
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_imagenet_folder_batches_are_a_function_of_the_position(tmp_path, workers):
+    import torch
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 2)):
+        for c in ("n01", "n02"):
+            os.makedirs(tmp_path / "in" / split / c)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "in" / split / c / f"{i}.JPEG")
+    Image.open(tmp_path / "in" / "train" / "n01" / "0.JPEG")  # readable
+    (tmp_path / "in" / "train" / "n02" / "5.JPEG").write_bytes(b"not a jpeg")
+    source = make_source_for(tmp_path / "in", f"data.workers={workers}", source="imagenet", batch=4)
+    torch.manual_seed(1)
+    full = all_batches(source, epoch=1)
+    torch.manual_seed(2)
+    resumed = all_batches(source, epoch=1, skip=2)
+    assert len(full) == 6 and len(resumed) == 4
+    for (a, _, ka), (b, _, kb) in zip(full[2:], resumed):
+        assert ka == kb and torch.equal(a, b)
+    assert source.corrupt == 1 and sum(len(k) for _, _, k in full) == 23  # the damaged file is skipped and counted
