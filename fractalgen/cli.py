@@ -36,8 +36,10 @@ def _spec_args(p, n_required: bool):
                    help="number of samples")
     p.add_argument("--classes", type=int, default=None, help="number of classes (default 1000, or fewer for small n)")
     p.add_argument("--size", type=int, default=None,
-                   help="image side in pixels (default 256; rcdb / visualatom 512 as published; FractalDB's own is 362)")
-    p.add_argument("--points", type=int, default=None, help="chaos-game points per fractal (default 100000)")
+                   help="image side in pixels (default 256; rcdb / visualatom / 1p-frac 512 and ofdb 362 as "
+                        "published; FractalDB's own is 362)")
+    p.add_argument("--points", type=int, default=None,
+                   help="chaos-game points per fractal (default 100000; ofdb 200000 as published)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
     p.add_argument("--color", action="store_true", default=None, help="fractaldb: colour instead of white on black")
     p.add_argument("--systems", help="fractaldb: class systems file from `fractalgen search` (default: search now)")

@@ -39,7 +39,8 @@ NOTES = {
     "1p-frac": [
         "Follows SUPER-TADORY/1p-frac (render_from_oneparam_mp.py, generate.sh): 2 maps, sigma 4.0 +- 0.1, "
         "delta 0.1, 1,000 classes of one image, 512 px, 100k points, random 3x3 patch per point, gray 127, "
-        "6-px margin, filling rate >= 0.05 (else the class perturbation is re-drawn).",
+        "6-px margin, filling rate >= 0.05 (else the class perturbation is re-drawn; checked at the dataset's "
+        "size and points, so they are part of the class definition).",
         "Deviations: the chaos game starts at a fixed point of map 0 (on the attractor) instead of (0, 0) with "
         "its transient; the bounding box always maps to the margin (the official rescale skips the shift when "
         "all coordinates are positive, which can push points off the canvas); patches are centred on the "
