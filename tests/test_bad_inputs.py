@@ -375,6 +375,32 @@ CASES += [
          ["render", "--kind", "ofdb", "--n", "4", "--color", "--out", "{out}"], ("--color",)),
 ]
 
+# == fractalgen contour kinds (rcdb, visualatom) ==
+
+CASES += [
+    Case("fractalgen: rcdb contour count range reversed", "fractalgen",
+         ["render", "--kind", "rcdb", "--n", "4", "--option", "lines=[5,1]", "--out", "{out}"], ("lines", "lo <= hi")),
+    Case("fractalgen: rcdb oval rate below 1", "fractalgen",
+         ["render", "--kind", "rcdb", "--n", "4", "--option", "oval_rate=0.5", "--out", "{out}"],
+         ("oval_rate", ">= 1")),
+    Case("fractalgen: rcdb in colour", "fractalgen",
+         ["render", "--kind", "rcdb", "--n", "4", "--color", "--out", "{out}"], ("--color",)),
+    Case("fractalgen: rcdb with a systems file", "fractalgen",
+         ["render", "--kind", "rcdb", "--n", "4", "--systems", "{tmp}/s.json", "--out", "{out}"], ("--systems",)),
+    Case("fractalgen: visualatom gray beyond 255", "fractalgen",
+         ["render", "--kind", "visualatom", "--n", "4", "--option", "gray=[0,300]", "--out", "{out}"],
+         ("gray", "0..255")),
+    Case("fractalgen: visualatom fewer than 3 vertices", "fractalgen",
+         ["render", "--kind", "visualatom", "--n", "4", "--option", "vertices=[2,10]", "--out", "{out}"],
+         ("vertices", "3..100000")),
+    Case("fractalgen: visualatom one nonzero frequency (n2 must differ from n1)", "fractalgen",
+         ["render", "--kind", "visualatom", "--n", "4", "--option", "frequencies=[4,4]", "--out", "{out}"],
+         ("frequencies", "differ")),
+    Case("fractalgen: visualatom option of another kind", "fractalgen",
+         ["render", "--kind", "visualatom", "--n", "4", "--option", "window=[1,2]", "--out", "{out}"],
+         ("window", "does not apply")),
+]
+
 # --- the runner --------------------------------------------------------------------------------
 
 
