@@ -3,8 +3,6 @@ samples, shards, reruns, bad options."""
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -192,21 +190,15 @@ def test_shards_webdataset_workers_and_card(tmp_path, kind):
     assert main(["info", str(tmp_path / "a"), "--verify"]) == 0
 
 
-@pytest.mark.parametrize("option, words", [
-    ("lines=[5,1]", "lines"),
-    ("gray=[0,300]", "gray"),
-    ("perlin=[-1,2]", "perlin"),
-    ("oval_rate=0.5", "oval_rate"),
-    ("vertices=[2,10]", "vertices"),
-    ("frequencies=[4,4]", "frequencies"),
-    ("vertices_max=2", "vertices_max"),
-    ("window=[1,2]", "does not apply"),
-])
-def test_bad_options_one_line_exit_2(tmp_path, option, words):
-    kind = "rcdb" if option.startswith("vertices_max") else "visualatom"
-    result = subprocess.run([sys.executable, "-m", "fractalgen", "render", "--kind", kind, "--n", "4",
-                             "--option", option, "--out", str(tmp_path / "o"), *SMALL], capture_output=True, text=True)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and words in lines[0], result.stderr
-    assert not (tmp_path / "o").exists()
+def test_parts_make_the_same_dataset(tmp_path):
+    """--part i/k splits the shard list; the parts together equal one render (the writer's guarantee,
+    checked for a contour kind). Bad options: tests/test_bad_inputs.py, "fractalgen contour kinds"."""
+    args = ["render", "--kind", "visualatom", "--n", "8", "--classes", "4", "--shard-size", "2", "--workers", "1",
+            "--size", "48", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--part", "1/2", "--out", str(tmp_path / "parts")]) == 0
+    assert not (tmp_path / "parts" / "dataset.json").exists()
+    assert main([*args, "--part", "0/2", "--out", str(tmp_path / "parts")]) == 0
+    whole, parts = _files(tmp_path / "whole"), _files(tmp_path / "parts")
+    shared = [k for k in whole if not k.startswith(".fractalgen")]
+    assert shared and all(whole[k] == parts[k] for k in shared) and set(shared) <= set(parts)
