@@ -202,3 +202,34 @@ def test_parts_make_the_same_dataset(tmp_path):
     whole, parts = _files(tmp_path / "whole"), _files(tmp_path / "parts")
     shared = [k for k in whole if not k.startswith(".fractalgen")]
     assert shared and all(whole[k] == parts[k] for k in shared) and set(shared) <= set(parts)
+
+
+# ---- pretrain ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["rcdb", "visualatom"])
+def test_published_pretrain_configs_load(kind):
+    from common.config import load_config
+    from pretrain.config import PretrainConfig
+
+    cfg = load_config(f"configs/pretrain/deit_s16_{kind}.yaml", schema=PretrainConfig)
+    assert cfg["batch_size"] == 256 and cfg["optim"]["lr"] == 1e-3 and cfg["epochs"] == 300
+    assert cfg["aug"]["hflip"] == 0.0 and cfg["aug"]["mixup"] == 0.8 and cfg["mean"] == [0.485, 0.456, 0.406]
+
+
+@pytest.mark.parametrize("kind", ["rcdb", "visualatom"])
+def test_render_source_in_pretrain(kind):
+    """data.source=render draws contour samples on the fly (grayscale, given to the model as RGB)."""
+    import torchvision.transforms as T
+
+    from common.config import load_config
+    from pretrain.config import PretrainConfig
+    from pretrain.data import FractalSource
+
+    cfg = load_config("configs/pretrain/tiny_cpu.yaml", schema=PretrainConfig, overrides=[
+        "data.workers=0", "data.train_samples=16", f"data.render={{kind: {kind}, n: 8, classes: 4, size: 32}}"])
+    tf = T.Compose([T.Resize(16), T.ToTensor()])
+    source = FractalSource.from_config(cfg, (tf, tf), batch=8, rank=0, world=1)
+    assert source.spec.kind == kind and source.num_classes == 4 and source.steps_per_epoch == 2
+    images, targets, keys = next(iter(source.train_batches(0, 0)))
+    assert images.shape == (8, 3, 16, 16) and sorted(keys) == [f"{i:09d}" for i in range(8)]
+    assert (images[:, 0] == images[:, 1]).all()  # gray: the three channels agree
