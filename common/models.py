@@ -188,12 +188,13 @@ def _from_published(init, name, num_classes, img_size, drop_path_rate, model_kwa
     try:
         return build(weights["weights"], num_classes, img_size, drop_path_rate, model_kwargs, pretrained=True)
     except OSError as e:  # huggingface_hub: not in the cache and no download (offline, no network)
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub import constants as hf
 
-        raise UserError(f"--init {init}: the weights are not in the Hugging Face cache {HF_HUB_CACHE} and cannot "
-                        f"be downloaded ({str(e).splitlines()[0][:120]}); fetch them once where there is internet "
-                        f"(python -c \"import timm; timm.create_model('{weights['weights']}', pretrained=True)\") "
-                        f"and copy models--timm--{weights['weights']} into that folder") from None
+        why = "HF_HUB_OFFLINE is set" if hf.HF_HUB_OFFLINE else f"no connection: {str(e).splitlines()[0][:100]}"
+        raise UserError(f"--init {init}: the weights are not in the Hugging Face cache {hf.HF_HUB_CACHE} ({why}); "
+                        f"fetch them once where there is internet (python -c \"import timm; timm.create_model("
+                        f"'{weights['weights']}', pretrained=True)\") and copy models--timm--{weights['weights']} "
+                        f"into that folder") from None
 
 
 def export_model(model: torch.nn.Module, run_dir: str, sidecar: dict) -> str:

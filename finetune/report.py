@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from common.errors import ArgumentParser, UserError, run_main
+from common.io import read_json, save_atomically, write_json, write_text
 
 MODES = {"finetune": "fine-tune", "linear_probe": "linear probe", "few_shot": "few-shot"}
 # config keys that are not settings of the result: bookkeeping, seeds (averaged over), what the row's
@@ -35,6 +36,7 @@ METRIC_ORDER = ["acc", "macro_f1", "mAP", "best acc (extra)", "best macro-F1 (ex
 FAMILIES = {"vit": "ViT", "deit": "DeiT", "resnet": "ResNet", "vgg": "VGG", "densenet": "DenseNet",
             "convnext": "ConvNeXt", "swin": "Swin", "efficientnet": "EfficientNet", "test_vit": "ViT",
             "test_resnet": "ResNet"}
+FINAL_KEYS = ("mode", "model", "init", "dataset")
 ARCH_ABBREV = {"patch_size": "p", "embed_dim": "w", "depth": "d", "num_heads": "h", "mlp_ratio": "mlp"}
 
 
@@ -132,17 +134,14 @@ def load_runs(paths: list) -> list:
         final_path = os.path.join(path, "final.json")
         if not os.path.exists(final_path):
             raise UserError(f"{path} has no final.json (not a finished finetune run)")
-        with open(final_path) as f:
-            final = json.load(f)
-        cfg = None
-        if os.path.exists(os.path.join(path, "config.yaml")):
-            with open(os.path.join(path, "config.yaml")) as f:
-                cfg = yaml.safe_load(f)
-        history = []
-        metrics = os.path.join(path, "metrics.jsonl")
-        if os.path.exists(metrics):
-            with open(metrics) as f:
-                history = [r for r in map(json.loads, f) if any(k in r for k in ("val_acc", "val_map", "val_loss"))]
+        final = read_json(final_path, "final.json of a finished run")
+        missing = [k for k in FINAL_KEYS if not isinstance(final, dict) or k not in final]
+        if missing or final["mode"] != "few_shot" and not {"last_epoch", "best_epoch"} <= set(final):
+            raise UserError(f"{final_path} lacks {', '.join(missing or ['last_epoch', 'best_epoch'])}; it must be the "
+                            f"final.json written by finetune.main")
+        cfg = _read_config(os.path.join(path, "config.yaml"))
+        history = [r for r in _read_metrics(os.path.join(path, "metrics.jsonl"))
+                   if any(k in r for k in ("val_acc", "val_map", "val_loss"))]
         src = final.get("pretrain_source") or {}
         scratch = source_name(final) == "scratch"
         runs.append({"path": path, "final": final, "history": history,
@@ -155,6 +154,32 @@ def load_runs(paths: list) -> list:
         raise UserError("no runs given")
     label_rows(runs)
     return runs
+
+
+def _read_config(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a run's config (a mapping of keys to values)")
+    return cfg
+
+
+def _read_metrics(path: str) -> list:
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}: line {number} is not valid JSON; re-run that run or remove the line") from None
+    return records
 
 
 def label_rows(runs: list) -> None:
@@ -255,11 +280,9 @@ def build(runs: list, out: str) -> str:
             (("\n\n## Parameters\n\n" + sizes) if sizes else "") +
             "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy and loss per epoch](curves.png)\n\n" +
             ("![accuracy vs pretraining budget](budget.png)\n\n" if budget else "") + f"Runs: {len(runs)}\n")
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(out, "runs.json"), "w") as f:
-        json.dump([{"path": r["path"], "row": " | ".join(x for x in r["row"] if x), "col": r["col"],
-                    **metric_values(r)} for r in runs], f, indent=1)
+    write_json(os.path.join(out, "runs.json"), [{"path": r["path"], "row": " | ".join(x for x in r["row"] if x),
+                                                  "col": r["col"], **metric_values(r)} for r in runs], indent=1)
+    write_text(os.path.join(out, "report.md"), text)  # last: its presence marks a complete report
     return table
 
 
@@ -432,7 +455,7 @@ def _save(fig, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -441,10 +464,15 @@ def main(argv=None) -> None:
     ap.add_argument("runs", nargs="+", help="run folders (or parent folders: every sub-folder with final.json)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file; give a folder for the report")
     paths = []
     for p in args.runs:
-        paths += [p] if os.path.exists(os.path.join(p, "final.json")) else sorted(
+        found = [p] if os.path.exists(os.path.join(p, "final.json")) else sorted(
             os.path.dirname(f) for f in glob.glob(os.path.join(p, "**", "final.json"), recursive=True))
+        if not found:
+            raise UserError(f"no finished run under {p} (a run folder holds final.json when finetune.main has finished)")
+        paths += found
     table = build(load_runs(paths), args.out)
     print(table)
     print(f"\nreport: {os.path.join(args.out, 'report.md')} (with its pictures beside it)")

@@ -358,6 +358,60 @@ CASES += [
          setup=lambda tmp: (write("runs/r1/final.json", "{{}}")(tmp), write("afile", "x")(tmp))),
 ]
 
+# == models/report/stl10 (any timm model, published weights by name, STL-10 binary release) ==
+
+STL10 = os.path.join(ROOT, "configs", "finetune", "stl10.yaml")
+
+
+def _offline_hub(tmp):
+    """setup: an empty Hugging Face cache in {tmp}/hub with downloads off. huggingface_hub reads both at
+    import, so its module values are set; they stay for the rest of the process (tests never download)."""
+    import huggingface_hub.constants as hf
+
+    os.makedirs(os.path.join(tmp, "hub"))
+    hf.HF_HUB_CACHE, hf.HF_HUB_OFFLINE = os.path.join(tmp, "hub"), True
+
+
+def _stl10_without_labels(tmp):
+    """setup: {tmp}/stl/stl10_binary/ holding only class_names.txt and train_X.bin."""
+    folder = os.path.join(tmp, "stl", "stl10_binary")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "class_names.txt"), "w") as f:
+        f.write("\n".join(f"c{i}" for i in range(10)))
+    with open(os.path.join(folder, "train_X.bin"), "wb") as f:
+        f.write(bytes(96 * 96 * 3))
+
+
+CASES += [
+    Case("models: unknown timm model", "finetune",
+         ["--config", FOLDER, "--data", "{folder}", "--out", "{out}", "model=vit_bse_patch16_224"],
+         ("unknown model", "vit_base_patch16_224")),
+    Case("models: timm: weights not in the cache while offline", "finetune",
+         ["--config", FOLDER, "--data", "{folder}", "--out", "{out}", "--init", "timm:resnet10t.c3_in1k"],
+         ("not in the hugging face cache", "/hub (hf_hub_offline is set)", "timm.create_model('resnet10t.c3_in1k', pretrained=True)"),
+         setup=_offline_hub),
+    Case("models: timm: a tag timm does not publish", "finetune",
+         ["--config", FOLDER, "--data", "{folder}", "--out", "{out}", "--init", "timm:resnet50.nope"],
+         ("no published weights", "resnet50.a1_in1k")),
+    Case("models: timm: weights of another model than the config's", "finetune",
+         ["--config", FOLDER, "--data", "{folder}", "--out", "{out}", "--init", "timm:resnet10t.c3_in1k",
+          "model=resnet18"], ("resnet10t", "model=resnet10t"), setup=_offline_hub),
+    Case("stl10: folder without the label files", "finetune",
+         ["--config", STL10, "--data", "{tmp}/stl", "--out", "{out}", "model=resnet10t"],
+         ("stl10_binary", "missing", "train_y.bin", "test_x.bin"), setup=_stl10_without_labels),
+    Case("stl10: fold out of range", "finetune",
+         ["--config", STL10, "--data", "{tmp}/stl", "--out", "{out}", "model=resnet10t", "data.fold=10"],
+         ("data.fold", "<= 9")),
+    Case("report: a finished run whose final.json lacks its results", "report", ["{tmp}/run", "--out", "{out}"],
+         ("final.json", "lacks last_epoch"), setup=write("run/final.json", '{{"mode": "finetune", "model": "m", '
+                                                         '"init": "scratch", "dataset": "d"}}')),
+    Case("report: a run whose metrics.jsonl is cut short", "report", ["{tmp}/run", "--out", "{out}"],
+         ("metrics.jsonl", "line 2"), setup=lambda tmp: (
+             write("run/final.json", '{{"mode": "finetune", "model": "m", "init": "scratch", "dataset": "d", '
+                                     '"last_epoch": {{}}, "best_epoch": {{}}}}')(tmp),
+             write("run/metrics.jsonl", '{{"epoch": 1, "val_acc": 0.5}}\n{{"epoch": 2, "val')(tmp))),
+]
+
 # == fractalgen new kinds (1p-frac, ofdb) ==
 
 CASES += [
