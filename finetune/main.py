@@ -22,7 +22,7 @@ from accelerate import skip_first_batches
 from common import runs
 from common.config import dump, load_config, save_config
 from common.engine import (Trainer, evaluate, make_accelerator, per_rank_batch, position_seed,
-                           seed_everything, step_seed)
+                           seed_all, seed_everything)
 from common.errors import ArgumentParser, UserError, run_main
 from common.io import atomic_write, write_json
 from common.models import TIMM_PREFIX, count_parameters, create_model, export_model, published_weights, read_sidecar
@@ -118,7 +118,8 @@ class SeededSamples(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        step_seed(self.seed, self.epoch, index, 1)  # the trailing 1 keeps these apart from update seeds
+        # the trailing 1 keeps these apart from update seeds; transforms draw from the CPU generators only
+        seed_all(position_seed(self.seed, self.epoch, index, 1), cpu_only=True)
         return self.dataset[index]
 
 
