@@ -56,11 +56,16 @@ def _close_models(name: str) -> str:
     return f"timm has e.g. {', '.join(close)}" if close else "see timm.list_models()"
 
 
-def classifier_parameters(model: torch.nn.Module) -> list:
-    """The parameters of the model's classifier (both heads of distilled DeiTs): what a linear probe trains."""
+def classifier_modules(model: torch.nn.Module) -> tuple:
+    """The model's classifier as a tuple of modules: timm's get_classifier() returns one module, or two
+    for distilled DeiTs (head, head_dist)."""
     heads = model.get_classifier()
-    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
-    return [p for head in heads for p in head.parameters()]
+    return tuple(heads) if isinstance(heads, (tuple, list)) else (heads,)
+
+
+def classifier_parameters(model: torch.nn.Module) -> list:
+    """The parameters of the model's classifier (every head): what a linear probe trains."""
+    return [p for head in classifier_modules(model) for p in head.parameters()]
 
 
 # --- published weights by name: --init timm:<name>[.<tag>] ---------------------------------------

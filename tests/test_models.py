@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from common.errors import UserError
-from common.models import classifier_parameters, create_model, published_weights, weights_description
+from common.models import classifier_modules, classifier_parameters, create_model, published_weights, weights_description
 from finetune.main import main
 from tests.conftest import write_imagefolder
 
@@ -51,6 +51,11 @@ def test_model_builds_and_takes_a_training_step(name, caplog):
     after = model.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) > len(before) // 2  # the step moved the backbone, not only the head
+
+
+def test_distilled_deit_has_two_heads_for_the_probe():
+    model = create_model("deit_tiny_distilled_patch16_224", 3, img_size=32)
+    assert len(classifier_modules(model)) == 2 and len(classifier_parameters(model)) == 4  # weight + bias each
 
 
 def test_unknown_model_is_one_line_with_suggestions():
