@@ -1,5 +1,7 @@
 """Expand an experiment into its steps: ordinary `fractalgen` / `pretrain.main` / `finetune.main` /
 `finetune.report` commands, each with the file that marks it complete and the files it waits for.
+Every training step's config (file + overrides) is checked against its stage's schema here, before
+anything runs.
 
 The order is the order the runner starts them in (and the order of --emit slurm's submit.sh):
 renders, pretrainings (the most images first), fine-tunings (regimes in file order, so a stopped
@@ -57,8 +59,8 @@ class Plan:
     """The steps of one experiment. `data` maps the names of external datasets (downstream datasets,
     pretraining data such as imagenet) to their paths. `smoke` scales every step down (smoke.py)."""
 
-    def __init__(self, exp: dict, data: dict, out: str, smoke: bool = False):
-        self.exp, self.data, self.out, self.smoke = exp, data, out, smoke
+    def __init__(self, exp: dict, data: dict, out: str, smoke: bool = False, check: bool = True):
+        self.exp, self.data, self.out, self.smoke, self.check = exp, data, out, smoke, check
         self.steps: list[Step] = []
         self.runs: list[str] = []  # fine-tuning run folders, for the report
         self.weights: dict = {}    # (job, source) -> model.safetensors of a pretraining
@@ -113,13 +115,30 @@ class Plan:
                     path, needs = self._external(kind, f"pretraining job {job['name']}"), []
                 marker = os.path.join(run_dir, "model.safetensors")
                 images = extra.get("data.train_samples", default_n)
-                step = Step(f"pretrain/{job['name']}-{source}", "pretrain", "pretrain.main",
+                name = f"pretrain/{job['name']}-{source}"
+                cfg = self._checked(name, config, over)
+                step = Step(name, "pretrain", "pretrain.main",
                             ["--config", config, "--data", path, "--out", run_dir, *overrides(over)], marker, needs,
-                            images=_pretrain_images(config, over, folders.get(kind, (None, None))[1]))
+                            images=_pretrain_images(cfg, folders.get(kind, (None, None))[1]))
                 runs.append((images, step))
                 self.weights[(job["name"], source)] = marker
         runs.sort(key=lambda run: -run[0])  # stable: file order among equals
         self.steps += [step for _, step in runs]
+
+    def _checked(self, name: str, config: str, over: dict) -> dict:
+        """The step's stage config, checked against its schema now: a typo in a regime is one line
+        before anything runs, not an error hours into the experiment."""
+        if self.check:
+            from finetune.config import FinetuneConfig
+            from pretrain.config import PretrainConfig
+
+            schema = PretrainConfig if name.startswith("pretrain/") else FinetuneConfig
+        else:
+            schema = None
+        try:
+            return load_config(config, overrides(over), schema)
+        except UserError as e:
+            raise UserError(f"step {name}: {e}") from None
 
     def _external(self, name: str, who: str) -> str:
         if name not in self.data:
@@ -169,12 +188,14 @@ class Plan:
                                 over.update(job["scratch_overrides"])
                             if self.smoke:
                                 over.update(smoke_scale.finetune_overrides(over, job, init))
+                            step_name = os.path.relpath(run_dir, self.out)
+                            cfg = self._checked(step_name, config, over)
                             self.steps.append(Step(
-                                os.path.relpath(run_dir, self.out), "finetune", "finetune.main",
+                                step_name, "finetune", "finetune.main",
                                 ["--config", config, "--data", path, "--init", init, "--out", run_dir,
                                  *overrides(over)],
                                 os.path.join(run_dir, "final.json"), [needs] if needs else [],
-                                images=_finetune_images(config, over)))
+                                images=_finetune_images(cfg)))
                             self.runs.append(run_dir)
 
     # --- analysis and report --------------------------------------------------------------------
@@ -205,37 +226,29 @@ class Plan:
                                [os.path.join(run, "final.json") for run in self.runs]))
 
 
-def _pretrain_images(config: str, over: dict, rendered_n: int | None) -> int | None:
+def _pretrain_images(cfg: dict, rendered_n: int | None) -> int | None:
     """epochs x images per epoch (data.train_samples, else the render's n or ImageNet's train set)."""
-    try:
-        cfg = load_config(config, overrides(over))
-    except UserError:
-        return None
-    per_epoch = cfg["data"].get("train_samples") or rendered_n or (
-        IMAGENET_TRAIN_IMAGES if cfg["data"].get("source") == "imagenet" else None)
+    per_epoch = cfg["data"]["train_samples"] or rendered_n or (
+        IMAGENET_TRAIN_IMAGES if cfg["data"]["source"] == "imagenet" else None)
     return int(cfg["epochs"] * per_epoch) if per_epoch else None
 
 
-def _finetune_images(config: str, over: dict) -> int | None:
+def _finetune_images(cfg: dict) -> int | None:
     """epochs x training images (few-shot: one pass for the features)."""
-    try:
-        cfg = load_config(config, overrides(over))
-    except UserError:
-        return None
     data = cfg["data"]
-    classes = {"cifar10": 10, "cifar100": 100 if data.get("labels") != "coarse" else 20, "stl10": 10,
-               "plant_pathology": 12}.get(data["format"])
-    if data.get("train_per_class") and classes:
+    classes = {"cifar10": 10, "cifar100": 100 if data["labels"] != "coarse" else 20, "stl10": 10,
+               "plant_pathology": 12 if data["mode"] == "12class" else 6}.get(data["format"])
+    if data["train_per_class"] and classes:
         per_epoch = data["train_per_class"] * classes
     elif data["format"] == "stl10" and data.get("fold") is not None:
         per_epoch = 1_000
     else:
         per_epoch = TRAIN_IMAGES.get(data["format"])
         if per_epoch and data["format"] == "plant_pathology":
-            per_epoch = round(per_epoch * (1 - data.get("val_fraction", 0.2)))
+            per_epoch = round(per_epoch * (1 - data["val_fraction"]))
     if not per_epoch:
         return None
-    return per_epoch if cfg.get("mode") == "few_shot" else int(cfg["epochs"] * per_epoch)
+    return per_epoch if cfg["mode"] == "few_shot" else int(cfg["epochs"] * per_epoch)
 
 
 def _bin(name: str) -> str:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.errors import ArgumentParser, UserError, run_main  # noqa: E402
 from common.models import create_model, read_sidecar  # noqa: E402
@@ -110,6 +111,7 @@ def analyse(sources: dict, model: str | None, model_kwargs: dict, img_size: int 
             rows += [[name, layer + 1, h, float(v)] for h, v in enumerate(heads)]
         ax.set_title(name)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean attention distance (px)")
     _save(fig, os.path.join(out, "attention_distance.png"))

@@ -2,7 +2,9 @@
 another config's folder, resume, and --smoke of every shipped experiment on fabricated data in the
 real formats (CIFAR pickles, Plant Pathology csv + JPEGs, STL-10 binaries, an ImageNet folder)."""
 
+import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -26,6 +28,25 @@ def experiment(name: str, **kw) -> dict:
 def runner(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout)
+
+
+def run_here(*args):
+    """The runner's main in this process (torch and timm are imported once for all the tests), with
+    what `python -m experiments` would exit with and print."""
+    from common.errors import UserError
+    from experiments.runner import main
+
+    out = io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out):
+            main(list(args))
+        return subprocess.CompletedProcess(args, 0, out.getvalue(), "")
+    except UserError as e:
+        return subprocess.CompletedProcess(args, 2, out.getvalue(), f"error: {e}\n")
+    finally:
+        os.chdir(cwd)
 
 
 def one_error_line(result) -> str:
@@ -143,6 +164,14 @@ def test_unknown_and_wrong_keys_are_named():
         check_experiment({**base, "resources": {"gpu": {}}}, "x.yaml")
     with pytest.raises(UserError, match="budget.job 'vit' is not a pretrain job"):
         check_experiment({**base, "budget": {"job": "vit", "kind": "single", "images": [10]}}, "x.yaml")
+    # a stage key is checked against the stage's schema when the plan is made, before anything runs
+    exp = check_experiment({"pretrain": [{"name": "r", "model": "resnet18"}], "finetune": {
+        "config": "configs/finetune/cifar10.yaml", "regimes": {"low": {"augmnet": "none"}}}}, "x.yaml")
+    with pytest.raises(UserError, match=r"step finetune/low/r-scratch-s0: config has no key 'augmnet'; did you mean augment"):
+        Plan(exp, {"data": "d"}, "/X")
+    exp["finetune"]["regimes"]["low"] = {"epochs": 0}
+    with pytest.raises(UserError, match=r"step finetune/low/r-scratch-s0: .*epochs must be an integer >= 1"):
+        Plan(exp, {"data": "d"}, "/X")
 
 
 # --- the command line -----------------------------------------------------------------------------
@@ -150,7 +179,7 @@ def test_unknown_and_wrong_keys_are_named():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_dry_run_prints_every_command(name, tmp_path):
     out = tmp_path / "out"
-    result = runner(f"configs/experiments/{name}.yaml", "--out", str(out), "--dry-run")
+    result = run_here(f"configs/experiments/{name}.yaml", "--out", str(out), "--dry-run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     headers = [line for line in lines if re.match(r"# \S+ \((render|pretrain|finetune|analysis|report); ", line)]
@@ -169,7 +198,7 @@ def test_dry_run_prints_every_command(name, tmp_path):
 def test_emit_slurm_writes_chained_scripts(tmp_path):
     folder = tmp_path / "slurm"
     data = [f"--data={n}={tmp_path}" for n in ("imagenet", "cifar10", "cifar100")]
-    result = runner("configs/experiments/fdsl_paper.yaml", "--out", str(tmp_path / "run"), *data,
+    result = run_here("configs/experiments/fdsl_paper.yaml", "--out", str(tmp_path / "run"), *data,
                     "--emit", "slurm", str(folder))
     assert result.returncode == 0, result.stderr
     scripts = sorted(p.name for p in folder.glob("*.sbatch"))
@@ -192,7 +221,7 @@ def test_emit_slurm_writes_chained_scripts(tmp_path):
     assert dep["016"] == ["003"] and dep["015"] == []            # the fine-tune waits for its weights; scratch not
     assert dep["045"] == [f"{i:03d}" for i in range(15, 45)]      # the report waits for every fine-tune
     # several nodes: one launcher per node through srun, all processes counted
-    two = runner("configs/experiments/fdsl_paper.yaml", "--out", str(tmp_path / "run2"), *data, "--emit", "slurm",
+    two = run_here("configs/experiments/fdsl_paper.yaml", "--out", str(tmp_path / "run2"), *data, "--emit", "slurm",
                  str(tmp_path / "slurm2"), "resources.pretrain.nodes=2")
     assert two.returncode == 0, two.stderr
     pre = (tmp_path / "slurm2" / "003-pretrain-deit_s16-fractaldb.sbatch").read_text()
@@ -203,29 +232,29 @@ def test_emit_slurm_writes_chained_scripts(tmp_path):
 def test_bad_command_lines_end_in_one_line(tmp_path):
     exp = "configs/experiments/fdsl_paper.yaml"
     assert "NAME=PATH" in one_error_line(runner(exp, "--out", str(tmp_path / "a"), "--data", str(tmp_path)))
-    assert "does not exist" in one_error_line(runner(exp, "--out", str(tmp_path / "a"), "--data",
+    assert "does not exist" in one_error_line(run_here(exp, "--out", str(tmp_path / "a"), "--data",
                                                      f"cifar10={tmp_path}/nothing"))
-    assert "pass --data imagenet=PATH" in one_error_line(runner(exp, "--out", str(tmp_path / "a"),
+    assert "pass --data imagenet=PATH" in one_error_line(run_here(exp, "--out", str(tmp_path / "a"),
                                                                 "--data", f"cifar10={tmp_path}"))
-    assert "did you mean" in one_error_line(runner(exp, "--out", str(tmp_path / "a"), "--dry-run", "jbos=2"))
-    assert "--emit knows only slurm" in one_error_line(runner(exp, "--out", str(tmp_path / "a"), "--emit", "pbs", "x"))
-    assert "no quick: variant" in one_error_line(runner(exp, "--out", str(tmp_path / "a"), "--quick", "--dry-run"))
+    assert "did you mean" in one_error_line(run_here(exp, "--out", str(tmp_path / "a"), "--dry-run", "jbos=2"))
+    assert "--emit knows only slurm" in one_error_line(run_here(exp, "--out", str(tmp_path / "a"), "--emit", "pbs", "x"))
+    assert "no quick: variant" in one_error_line(run_here(exp, "--out", str(tmp_path / "a"), "--quick", "--dry-run"))
     assert not (tmp_path / "a").exists()
 
 
 def test_refuses_a_folder_of_another_config(tmp_path):
     out = tmp_path / "run"
     data = [f"--data={n}={tmp_path}" for n in ("imagenet", "cifar10", "cifar100")]
-    first = runner("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
+    first = run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
                    str(tmp_path / "s1"))
     assert first.returncode == 0 and yaml.safe_load((out / "experiment.yaml").read_text())["jobs"] == 1
-    again = runner("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
+    again = run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
                    str(tmp_path / "s2"))
     assert again.returncode == 0  # the same config: a resume
-    line = one_error_line(runner("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
+    line = one_error_line(run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
                                  str(tmp_path / "s3"), "finetune.seeds=[0, 1]"))
     assert "another config" in line and not (tmp_path / "s3").exists()
-    line = one_error_line(runner("configs/experiments/vit_analysis.yaml", "--out", str(out), "--smoke"))
+    line = one_error_line(run_here("configs/experiments/vit_analysis.yaml", "--out", str(out), "--smoke"))
     assert "another config" in line and not (out / "smoke-data").exists()
 
 

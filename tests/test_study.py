@@ -109,7 +109,7 @@ def test_finetune_recipe_shared_then_per_model_then_per_regime(tmp_path):
                      {"name": "resnet", "kinds": ["single"], "config": "configs/pretrain/resnet50_single.yaml",
                       "finetune_overrides": {"optim.lr": 0.002}}],
         "render": {"common": {"n": 100}, "kinds": {"single": {}}},
-        "finetune": {"config": "c.yaml", "seeds": [0], "overrides": {"optim.lr": 0.0005, "epochs": 9},
+        "finetune": {"config": "configs/finetune/cifar10.yaml", "seeds": [0], "overrides": {"optim.lr": 0.0005, "epochs": 9},
                      "regimes": {"low": {"epochs": 20}, "full": {"epochs": 3, "only": ["resnet-single"]}}}}, "test")
     plan = Plan(exp, {"data": "d"}, str(tmp_path))
     steps = [s for s in plan.steps if s.stage == "finetune"]
