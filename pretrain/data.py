@@ -219,7 +219,8 @@ class FractalSource(Source):
                 raise UserError(f"{path} has {size} bytes, the card says {expected} (truncated or changed after "
                                 f"rendering); {redo}")
             if expected is None and size < entry["count"] * 3 * 1024:
-                raise UserError(f"{path} has {size} bytes, too few for its {entry['count']} samples (truncated); {redo}")
+                raise UserError(f"{path} has {size} bytes, too few for its {entry['count']} samples (truncated); "
+                                f"{redo}")
             if verify == "sha256" and s % self.world == self.rank and sha256_file(path) != entry["sha256"]:
                 raise UserError(f"{path}: sha256 differs from the card (changed after rendering); {redo}")
 

@@ -132,11 +132,17 @@ class CorruptTally:
 def tallied(loader, tally: CorruptTally, skip: int = 0):
     """The batches of a loader that yields (batch or None, [BadSample]), damaged samples counted;
     the first `skip` batches are dropped (resuming mid-epoch replays the epoch's keyed stream)."""
+    good = 0
     for i, (batch, bad) in enumerate(loader):
         for b in bad:
             tally.add(b)  # raises at a fatal one
-        if batch is not None and i >= skip:  # None: every sample of the batch was damaged
-            yield batch
+        if batch is not None:  # None: every sample of the batch was damaged
+            good += 1
+            if i >= skip:
+                yield batch
+    if not good:
+        raise UserError(f"a pass over the data gave no sample: all were damaged ({tally.count} skipped: "
+                        f"{', '.join(list(tally.seen)[:2])}, ...)")
 
 
 def _shard_reader(urls: list):

@@ -420,3 +420,14 @@ def test_imagenet_folder_batches_are_a_function_of_the_position(tmp_path, worker
     for (a, _, ka), (b, _, kb) in zip(full[2:], resumed):
         assert ka == kb and torch.equal(a, b)
     assert source.corrupt == 1 and sum(len(k) for _, _, k in full) == 23  # the damaged file is skipped and counted
+
+
+def test_imagenet_folder_of_damaged_files_is_an_error_not_an_empty_epoch(tmp_path):
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            os.makedirs(tmp_path / "in" / split / c)
+            for i in range(4):
+                (tmp_path / "in" / split / c / f"{i}.JPEG").write_bytes(b"not a jpeg")
+    source = make_source_for(tmp_path / "in", source="imagenet", batch=4)
+    with pytest.raises(UserError, match=r"a pass over the data gave no sample: all were damaged \(8 skipped"):
+        all_batches(source)
