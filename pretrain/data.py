@@ -208,10 +208,13 @@ class FractalSource(Source):
     def _check_shards(self, verify: str):
         """Every shard against the card: present and of its size (cheap, always; cards from before
         sizes were recorded: at least 3 tar members of 1 KiB per sample); with verify=sha256 also
-        this rank's shards re-hashed (every rank hashes its own share)."""
+        re-hashed. Every rank checks every shard, so a bad shard stops all ranks alike (none is left
+        waiting for the others); the hashing runs in threads (hashlib releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         redo = "re-run the fractalgen render command (it redoes damaged shards)"
-        for s, entry in enumerate(self.card["shards"]):
-            path = os.path.join(self.root, entry["name"])
+        paths = [os.path.join(self.root, entry["name"]) for entry in self.card["shards"]]
+        for path, entry in zip(paths, self.card["shards"]):
             if not os.path.exists(path):
                 raise UserError(f"{path} is listed in the card but missing; {redo}")
             size, expected = os.path.getsize(path), entry.get("bytes")
@@ -221,8 +224,11 @@ class FractalSource(Source):
             if expected is None and size < entry["count"] * 3 * 1024:
                 raise UserError(f"{path} has {size} bytes, too few for its {entry['count']} samples (truncated); "
                                 f"{redo}")
-            if verify == "sha256" and s % self.world == self.rank and sha256_file(path) != entry["sha256"]:
-                raise UserError(f"{path}: sha256 differs from the card (changed after rendering); {redo}")
+        if verify == "sha256":
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+                for path, entry, digest in zip(paths, self.card["shards"], pool.map(sha256_file, paths)):
+                    if digest != entry["sha256"]:
+                        raise UserError(f"{path}: sha256 differs from the card (changed after rendering); {redo}")
 
     def train_batches(self, epoch: int, skip: int):
         if self.on_the_fly:
