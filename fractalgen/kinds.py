@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import contours, fewimage, kernels
+from . import contours, fewimage, ifs3d, kernels
 from .errors import UserError
 from .rng import generator, kernel_seed
 from .systems import (N_WEIGHT_VARIANTS, WEIGHT_FACTORS, load_systems, sigma_class_system, thresholds,
@@ -44,8 +44,8 @@ class DatasetSpec:
         self.options = options
         self.systems = systems
         self.systems_info = systems_info or {"kind": options["kind"], "classes": len(systems)}
-        # map probabilities of IFS systems; kinds without IFS (contours) keep 1-D parameter vectors
-        self._thresholds = [thresholds(s) if np.ndim(s) == 2 else None for s in systems]
+        # map probabilities of 2-D IFS systems (N, 6); contour parameter vectors and 3-D IFS have none
+        self._thresholds = [thresholds(s) if np.ndim(s) == 2 and np.shape(s)[1] == 6 else None for s in systems]
 
     kind = property(lambda self: self.options["kind"])
     n = property(lambda self: self.options["n"])
@@ -346,6 +346,8 @@ KIND_TABLE = {
                     channels=lambda o: 1, check=fewimage.check_onepfrac, notes=tuple(fewimage.NOTES["1p-frac"])),
     "ofdb": Kind(fewimage.OFDB_DEFAULTS, _searched_systems, fewimage.render_ofdb, searched=True,
                  channels=lambda o: 1, check=fewimage.check_ofdb, notes=tuple(fewimage.NOTES["ofdb"])),
+    "exfractal": Kind(ifs3d.DEFAULTS, ifs3d.make_class_systems, ifs3d.render_exfractal_sample, channels=lambda o: 1,
+                      check=ifs3d.check_options, load_systems=ifs3d.load_class_systems, notes=tuple(ifs3d.NOTES)),
 }
 KINDS = tuple(KIND_TABLE)
 DEFAULTS = {name: entry.defaults for name, entry in KIND_TABLE.items()}
