@@ -307,6 +307,24 @@ def test_run_folder_error_on_two_processes_ends_both(tmp_path, imagefolder):
 
 
 @pytest.mark.slow
+def test_two_process_finetune_streams_train_metrics_and_checkpoints(tmp_path, imagefolder):
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", "29563", "finetune/main.py", "--config", CFG, *QUICK, "device=cpu",
+                        "epochs=1", "checkpoint_every=1", "--data", imagefolder, "--out", str(run)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = json.load(open(run / "final.json"))["last_epoch"]
+    assert last["val_samples"] == 12 and 0 <= last["train_acc"] <= 1 and last["step"] == 3  # 24 images, 4 per rank
+    ckpt = run / "checkpoints" / "step_00000003"
+    state = json.load(open(ckpt / "state.json"))
+    assert state["world_size"] == 2 and {"rank0.safetensors", "rank1.safetensors"} <= set(state["files"])
+    counts = [int(load_file(str(ckpt / f"rank{k}.safetensors"))["metrics.count"]) for k in (0, 1)]
+    assert counts == [0, 0]  # saved after the epoch's metrics were reported and reset
+
+
+@pytest.mark.slow
 def test_error_on_one_rank_only_ends_both_processes(tmp_path):
     """The safety net: an error only rank 0 sees (the other rank waits in a barrier) still ends the run."""
     script = tmp_path / "one_rank.py"

@@ -106,6 +106,11 @@ def test_kill_and_resume_continues_the_run(tmp_path):
     for step in range(1, max(a) + 1):
         assert b[step] == pytest.approx(a[step], rel=1e-5), step
     assert b[13] < b[1] - 0.2  # it continued from the checkpoint, not from a fresh model
+    assert len([r for r in records(killed) if "val_loss" in r]) == 3  # no line written twice
+    # --resume on the finished run (a trailing slash, an override after it) changes nothing
+    before = open(os.path.join(killed, "metrics.jsonl")).read()
+    main([*args[:1], TINY, "--resume", *args[2:], "--out", killed + "/"])
+    assert open(os.path.join(killed, "metrics.jsonl")).read() == before
 
 
 def make_imagenet_folder(root, classes=("n01", "n02"), per_class=8):
