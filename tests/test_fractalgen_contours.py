@@ -206,7 +206,7 @@ def test_parts_make_the_same_dataset(tmp_path):
 
 # ---- pretrain ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["rcdb", "visualatom"])
+@pytest.mark.parametrize("kind", ["rcdb", "visualatom", "exfractal"])
 def test_published_pretrain_configs_load(kind):
     from common.config import load_config
     from pretrain.config import PretrainConfig

@@ -125,3 +125,19 @@ def test_shards_workers_and_card(tmp_path):
 def test_bad_options_refused(key, value):
     with pytest.raises(UserError, match=key):
         DatasetSpec.create("exfractal", 4, 2, **{key: value})
+
+
+def test_render_source_in_pretrain():
+    """data.source=render draws exfractal batches on the fly (the class search runs at start)."""
+    import torchvision.transforms as T
+
+    from common.config import load_config
+    from pretrain.config import PretrainConfig
+    from pretrain.data import FractalSource
+
+    cfg = load_config("configs/pretrain/tiny_cpu.yaml", schema=PretrainConfig, overrides=[
+        "data.workers=0", "data.train_samples=8", "data.render={kind: exfractal, n: 8, classes: 4, size: 32}"])
+    tf = T.Compose([T.Resize(16), T.ToTensor()])
+    source = FractalSource.from_config(cfg, (tf, tf), batch=8, rank=0, world=1)
+    images, targets, keys = next(iter(source.train_batches(0, 0)))
+    assert source.spec.kind == "exfractal" and images.shape == (8, 3, 16, 16) and images.amax() > 0
