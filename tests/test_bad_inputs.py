@@ -429,7 +429,7 @@ CASES += [
          ["render", "--kind", "ofdb", "--n", "4", "--color", "--out", "{out}"], ("--color",)),
 ]
 
-# == fractalgen contour kinds (rcdb, visualatom) ==
+# == fractalgen contour kinds (rcdb, visualatom) and 3D-IFS projections (exfractal) ==
 
 CASES += [
     Case("fractalgen: rcdb contour count range reversed", "fractalgen",
@@ -453,6 +453,13 @@ CASES += [
     Case("fractalgen: visualatom option of another kind", "fractalgen",
          ["render", "--kind", "visualatom", "--n", "4", "--option", "window=[1,2]", "--out", "{out}"],
          ("window", "does not apply")),
+    Case("fractalgen: exfractal maps from 0", "fractalgen",
+         ["render", "--kind", "exfractal", "--n", "4", "--option", "maps=[0,3]", "--out", "{out}"], ("maps", "1 <=")),
+    Case("fractalgen: exfractal variance threshold beyond the scaled cloud", "fractalgen",
+         ["render", "--kind", "exfractal", "--n", "4", "--option", "min_variance=1.5", "--out", "{out}"],
+         ("min_variance", "[0, 1)")),
+    Case("fractalgen: exfractal camera inside the cloud", "fractalgen",
+         ["render", "--kind", "exfractal", "--n", "4", "--option", "distance=1", "--out", "{out}"], ("distance",)),
 ]
 
 # --- the runner --------------------------------------------------------------------------------
