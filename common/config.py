@@ -10,6 +10,7 @@ import os
 import yaml
 
 from .errors import UserError
+from .io import write_text
 
 
 def merge(base: dict, over: dict) -> dict:
@@ -87,10 +88,6 @@ def dump(cfg: dict) -> str:
 
 
 def save_config(cfg: dict, run_dir: str, name: str = "config.yaml") -> str:
-    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(dump(cfg))
-    os.replace(tmp, path)
+    write_text(path, dump(cfg))  # atomic: the folder's config is complete or absent
     return path

@@ -6,7 +6,6 @@ arguments, classes, image size, normalisation, source dataset, recipe). Weights 
 with plain pickle: safetensors, or torch.load(weights_only=True) for .pth/.bin files.
 """
 
-import json
 import logging
 import os
 
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
-from .io import read_json
+from .io import read_json, save_atomically, write_json
 
 log = logging.getLogger(__name__)
 SIDECAR = "model.json"
@@ -205,15 +204,10 @@ def _from_published(init, name, num_classes, img_size, drop_path_rate, model_kwa
 def export_model(model: torch.nn.Module, run_dir: str, sidecar: dict) -> str:
     """Write run_dir/model.json and model.safetensors, each atomically; the weights last, so their
     presence means the hand-off is complete (the study starts fine-tuning when they appear)."""
-    os.makedirs(run_dir, exist_ok=True)
-    side = os.path.join(run_dir, SIDECAR)
-    with open(side + ".tmp", "w") as f:
-        json.dump(sidecar, f, indent=1, sort_keys=True)
-    os.replace(side + ".tmp", side)
+    write_json(os.path.join(run_dir, SIDECAR), sidecar, indent=1, sort_keys=True)
     path = os.path.join(run_dir, "model.safetensors")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
-    os.replace(path + ".tmp", path)
+    save_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     return path
 
 
