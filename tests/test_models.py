@@ -17,8 +17,8 @@ from tests.conftest import write_imagefolder
 
 CFG = "configs/finetune/imagefolder.yaml"
 QUICK = ["epochs=1", "batch_size=8", "data.workers=0", "eval_batch=16", "img_size=32"]
-# the heavy ones (100M+ parameters to initialise, or 200 layers) take 10-40 s each on a loaded 2-core CPU
-SLOW = {"vgg11", "densenet201", "vit_base_patch16_224"}
+# the heavy ones (25M-130M parameters to initialise, or 200 layers) take 14-40 s each on a loaded 2-core CPU
+SLOW = {"vgg11", "densenet201", "vit_base_patch16_224", "resnet50"}
 MODELS = ["vgg11", "densenet201", "resnet18d", "vit_base_patch16_224", "deit_small_patch16_224",
           "vit_small_patch32_224", "resnet50"]
 

@@ -28,6 +28,7 @@ def table_rows(text: str) -> dict:
     return rows
 
 
+@pytest.mark.slow  # four short training runs: ~45 s on a loaded 2-core CPU
 def test_real_runs_by_source_mode_and_augmentation(tmp_path, offline_hub):  # noqa: F811
     fake_published(offline_hub, "test_resnet.r160_in1k")
     data = write_imagefolder(str(tmp_path / "data"), per_class=4)
