@@ -120,6 +120,10 @@ def main(argv=None) -> None:
     out = args.out.rstrip("/") or "/"
     if args.smoke:
         if not args.dry_run and not args.emit:
+            # one thread: tiny steps gain nothing from more, and spinning threads crawl on a shared CPU
+            import torch
+
+            torch.set_num_threads(1)
             claim_folder({**exp, "smoke": True}, out)
             data = smoke_data(needed, data, out)
             published = smoke_published(exp, out)

@@ -462,6 +462,53 @@ CASES += [
          ["render", "--kind", "exfractal", "--n", "4", "--option", "distance=1", "--out", "{out}"], ("distance",)),
 ]
 
+# == experiments (python -m experiments: the experiment file, its data, its folder) ==
+EXP_CPU = os.path.join(ROOT, "configs", "experiments", "cifar10_cpu.yaml")
+EXP_FDSL = os.path.join(ROOT, "configs", "experiments", "fdsl_paper.yaml")
+_EXP_FILE = """\
+    finetune:
+      config: {root}/configs/finetune/cifar10.yaml
+      regimes: {{low: {{data.train_per_class: 2}}}}
+    pretrain: [{{name: r, model: resnet10t}}]
+    """
+
+CASES += [
+    Case("experiments: no such experiment file", "experiments", ["{tmp}/none.yaml", "--out", "{out}"],
+         ("cannot read experiment file",)),
+    Case("experiments: file is not YAML", "experiments", ["{tmp}/e.yaml", "--out", "{out}"], ("not valid YAML",),
+         setup=write("e.yaml", "finetune: [unclosed\n")),
+    Case("experiments: unknown top-level key", "experiments", ["{tmp}/e.yaml", "--out", "{out}"],
+         ("pretrian", "did you mean pretrain"), setup=write("e.yaml", _EXP_FILE + "pretrian: []\n")),
+    Case("experiments: jobs not a number", "experiments", ["{tmp}/e.yaml", "--out", "{out}"], ("jobs", "integer"),
+         setup=write("e.yaml", _EXP_FILE + "jobs: many\n")),
+    Case("experiments: a regime key the fine-tune stage does not have", "experiments",
+         ["{tmp}/e.yaml", "--out", "{out}", "--data", "{cifar}"], ("augmnet", "did you mean augment"),
+         setup=write("e.yaml", _EXP_FILE.replace("data.train_per_class: 2", "augmnet: none"))),
+    Case("experiments: a regime value out of range", "experiments",
+         ["{tmp}/e.yaml", "--out", "{out}", "--data", "{cifar}"], ("epochs", ">= 1"),
+         setup=write("e.yaml", _EXP_FILE.replace("data.train_per_class: 2", "epochs: 0"))),
+    Case("experiments: unknown override", "experiments", [EXP_CPU, "--out", "{out}", "--data", "{cifar}", "jbos=2"],
+         ("jbos", "did you mean")),
+    Case("experiments: --data names no dataset of the file", "experiments",
+         [EXP_FDSL, "--out", "{out}", "--data", "{cifar}"], ("NAME=PATH", "cifar10, cifar100, imagenet")),
+    Case("experiments: --data path missing", "experiments",
+         [EXP_CPU, "--out", "{out}", "--data", "{tmp}/nothing"], ("does not exist",)),
+    Case("experiments: a dataset not given", "experiments", [EXP_CPU, "--out", "{out}"], ("--data data=PATH",)),
+    Case("experiments: --jobs 0", "experiments", [EXP_CPU, "--out", "{out}", "--data", "{cifar}", "--jobs", "0"],
+         ("--jobs",)),
+    Case("experiments: --emit other than slurm", "experiments",
+         [EXP_CPU, "--out", "{out}", "--data", "{cifar}", "--emit", "pbs", "{tmp}/s"], ("--emit", "slurm")),
+    Case("experiments: --quick without a quick block", "experiments",
+         [EXP_FDSL, "--out", "{out}", "--quick", "--dry-run"], ("quick",)),
+    Case("experiments: --holdout out of range", "experiments",
+         [EXP_CPU, "--out", "{out}", "--data", "{cifar}", "--holdout", "1.5"], ("--holdout 1.5",)),
+    Case("experiments: a folder of another config", "experiments",
+         [EXP_CPU, "--out", "{out}", "--data", "{cifar}"], ("another config",),
+         setup=write("out/experiment.yaml", "jobs: 7\n")),
+    Case("experiments: --out is a file", "experiments", [EXP_CPU, "--out", "{tmp}/f", "--data", "{cifar}"],
+         ("is a file",), setup=write("f", "x\n")),
+]
+
 # --- the runner --------------------------------------------------------------------------------
 
 
