@@ -334,11 +334,11 @@ def _cached(src: str, cache_dir: str, size: int) -> str:
                 im = im.convert("RGB")
         except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
             raise UserError(f"{src} is not a readable image ({e}); remove it from the csv or replace it") from None
-            scale = size / min(im.size)
-            im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
-            tmp = f"{dst}.tmp-{os.getpid()}"
-            im.save(tmp, "JPEG", quality=95)
-            os.replace(tmp, dst)
+        scale = size / min(im.size)
+        im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+        tmp = f"{dst}.tmp-{os.getpid()}"
+        im.save(tmp, "JPEG", quality=95)
+        os.replace(tmp, dst)
     return dst
 
 

@@ -431,3 +431,13 @@ def test_imagenet_folder_of_damaged_files_is_an_error_not_an_empty_epoch(tmp_pat
     source = make_source_for(tmp_path / "in", source="imagenet", batch=4)
     with pytest.raises(UserError, match=r"a pass over the data gave no sample: all were damaged \(8 skipped"):
         all_batches(source)
+
+
+def test_plant_pathology_damaged_image_is_named(tmp_path):
+    images = tmp_path / "pp" / "train_images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 48), (0, 128, 0)).save(images / "good.jpg")
+    (images / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (tmp_path / "pp" / "train.csv").write_text("image,labels\ngood.jpg,healthy\nbad.jpg,scab\n")
+    with pytest.raises(UserError, match=r"train_images/bad.jpg is not a readable image"):
+        datasets.load_plant_pathology(str(tmp_path / "pp"), "12class", cache_size=32)
