@@ -1,5 +1,6 @@
 """RCDB and VisualAtom: fractalgen's contour kinds side by side with the official Python renderers, one
-core each, at the official default settings (512 px, the published class grids).
+core each, at the official default settings (512 px, the published class grids); --ours-only times any
+kind alone (exfractal: its official renderer needs OpenGL/EGL).
 
 The official scripts are not part of this project. Put them in a folder with their dependencies in a
 separate venv (Python, `noise`, Pillow), e.g.:
@@ -137,6 +138,7 @@ def main() -> None:
     ap.add_argument("--ref-classes", type=int, default=30, help="official images per round (one per class)")
     ap.add_argument("--ours", type=int, default=1000, help="our images per round")
     ap.add_argument("--check-noise", action="store_true")
+    ap.add_argument("--ours-only", action="store_true", help="time fractalgen alone (kinds without a reference)")
     ap.add_argument("--end-to-end", type=int, default=0, metavar="N", help="also render N images to shards")
     ap.add_argument("--size", type=int, default=256, help="image side for --end-to-end")
     ap.add_argument("--workers", type=int, default=2)
@@ -144,9 +146,17 @@ def main() -> None:
     if args.check_noise:
         check_noise(args)
     for kind in args.kinds:
-        if args.reference:
+        if args.reference and kind in OFFICIAL:
             for name, value in compare(args, kind).items():
                 print(f"{kind:10s} {name:34s} {value:10.1f}" + ("x" if "speed-up" in name else " img/s"))
+        elif args.ours_only:  # e.g. exfractal: the official renderer needs OpenGL/EGL, not available here
+            spec = DatasetSpec.create(kind, 10**6, 1000)  # the kind's defaults
+            ours_cpu(spec, 0, 3, True)
+            n = args.rounds * args.ours
+            render = n / sum(ours_cpu(spec, r * args.ours, args.ours, False) for r in range(args.rounds))
+            png = n / sum(ours_cpu(spec, r * args.ours, args.ours, True) for r in range(args.rounds))
+            print(f"{kind:10s} render_sample {render:.0f} img/s, render + PNG encode {png:.0f} img/s "
+                  f"({spec.options['size']} px, 1 core, CPU time)")
         if args.end_to_end:
             r = end_to_end(kind, args.end_to_end, args.size, args.workers)
             print(f"{kind:10s} end to end, {r['images']} images at {r['size']} px, {r['workers']} workers: "
