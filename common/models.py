@@ -28,9 +28,8 @@ def build(name: str, num_classes: int, img_size: int | None = None, drop_path_ra
     argument a constructor refuses (TypeError), and the model is built again without it. Fixed-size
     models (ViTs) take img_size; CNNs (ResNet, VGG, DenseNet) work at any size and do not need it.
     """
-    kwargs = dict(model_kwargs or {})
-    optional = {"img_size": img_size, "drop_path_rate": drop_path_rate}
-    optional = {k: v for k, v in optional.items() if v and k not in kwargs}
+    optional = {k: v for k, v in {"img_size": img_size, "drop_path_rate": drop_path_rate}.items() if v}
+    kwargs = {k: v for k, v in (model_kwargs or {}).items() if k not in optional}  # the run's size wins
     while True:
         try:
             return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs, **optional)
