@@ -216,9 +216,7 @@ class Trainer:
         self.progress = Progress()
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        self.tb, self._purge_step = None, None
-        if accelerator.is_main_process:
-            os.makedirs(self.ckpt_dir, exist_ok=True)
+        self.tb, self._purge_step = None, None  # the run folder's files appear with the first record
 
     @property
     def eval_model(self):
@@ -378,13 +376,14 @@ class Trainer:
     def log(self, record: dict) -> None:
         if not self.acc.is_main_process:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
         if self.tb is None:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
 
+            os.makedirs(self.run_dir, exist_ok=True)
             # on resume, TensorBoard drops its events after the checkpoint (they are written again)
             self.tb = SummaryWriter(os.path.join(self.run_dir, "tensorboard"), purge_step=self._purge_step)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if isinstance(value, (int, float)) and key not in ("step", "epoch", "time"):
                 self.tb.add_scalar(key, value, record.get("step", self.progress.step))

@@ -150,8 +150,6 @@ def main(argv=None) -> None:
     seed_everything(cfg["seed"], acc)
     data = load_data(cfg)
     model = make_model(cfg, data.num_classes)
-    if acc.is_main_process:
-        save_config(cfg, cfg["run_dir"])
     if cfg["mode"] == "few_shot":
         run_few_shot(cfg, model, data, acc)
     else:
@@ -196,6 +194,7 @@ def run_few_shot(cfg: dict, model, data: Data, acc) -> None:
     shots = cfg["few_shot"]
     result = few_shot(fx, fy, vx, vy, data.num_classes, shots["shots"], shots["trials"], shots["l2"], cfg["seed"])
     if acc.is_main_process:
+        save_config(cfg, cfg["run_dir"])
         final = {"mode": "few_shot", "model": cfg["model"], "init": cfg["init"], "dataset": cfg["data"]["format"],
                  "pretrain_source": cfg.get("pretrain_source"), "few_shot": result}
         write_json(os.path.join(cfg["run_dir"], "final.json"), final, indent=1, default=float)
@@ -227,6 +226,8 @@ def train(cfg: dict, model, data: Data, acc, resume: bool, checkpoint: str | Non
                       global_batch=cfg["batch_size"], train_mode=train_mode, train_metrics=True)
     if resume:
         trainer.resume(checkpoint)
+    if acc.is_main_process:  # everything checked: the folder now holds this run
+        save_config(cfg, cfg["run_dir"])
 
     def batches(epoch, skip):
         """The epoch's batches, a pure function of (seed, epoch): order and augmentation alike."""

@@ -307,6 +307,9 @@ CASES += [
          ("--resume-from", "no run to continue")),
     Case("pretrain: --resume where no checkpoint can be read", "pretrain", ["--config", TINY, "--out", "{out}", "--resume"],
          ("no checkpoint", "can be read"), setup=_run_with_unreadable_checkpoints),
+    Case("finetune: fewer images than one batch (no config.yaml left behind)", "finetune",
+         ["--config", FOLDER, "--data", "{folder}", "--out", "{out}", "model=test_vit", "batch_size=64",
+          "data.workers=0"], ("fewer than one batch",)),
 ]
 
 # == GPU check (benchmarks/gpu_check.py) ==
