@@ -194,18 +194,14 @@ def draw_polygons(canvas, xs, ys, grays, scale):
     toward zero: the same pixels except in the column / row left of and above the canvas)."""
     h, w = canvas.shape
     flat = canvas.ravel()
+    px = np.floor(xs * scale).astype(np.int64)  # one vectorised pass, not a conversion per segment
+    py = np.floor(ys * scale).astype(np.int64)
     lines, vertices = xs.shape
     for line in range(lines):
         g = grays[line]
-        px0 = int(math.floor(xs[line, 0] * scale))
-        py0 = int(math.floor(ys[line, 0] * scale))
-        x0, y0 = px0, py0
-        for v in range(1, vertices + 1):
-            if v < vertices:
-                x1 = int(math.floor(xs[line, v] * scale))
-                y1 = int(math.floor(ys[line, v] * scale))
-            else:
-                x1, y1 = px0, py0
+        x0, y0 = px[line, vertices - 1], py[line, vertices - 1]  # the closing edge first: one gray per polygon
+        for v in range(vertices):
+            x1, y1 = px[line, v], py[line, v]
             _stroke(flat, h, w, x0, y0, x1, y1, g)
             x0, y0 = x1, y1
 
