@@ -15,7 +15,7 @@ from common.errors import UserError
 # timm model-name prefix -> the model_kwargs that shrink it (each entrypoint lets kwargs win)
 TINY = [
     (("vit_", "deit_"), {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}),
-    (("resnet",), {"layers": [1, 1, 1, 1]}),
+    (("resnet",), {"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128], "stem_width": 16}),
     (("densenet",), {"growth_rate": 8, "block_config": [1, 1, 1, 1]}),
     (("vgg",), {"mlp_ratio": 0.0625}),  # the 4096-wide classifier MLP's hidden layer: 256
 ]

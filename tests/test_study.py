@@ -21,8 +21,9 @@ def test_quick_study_chains_the_stages_and_resumes(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (out / "report" / "report.md").read_text()
-    for row in ("| vit_tiny_patch16_224 | scratch |", "| vit_tiny_patch16_224 | single (2.05k img) |",
-                "| vit_tiny_patch16_224 | single (1.02k img) |",  # the budget run
+    vit = "ViT p4 w128 d4 h4"  # vit_tiny_patch16_224 built with model_kwargs, named by what it is
+    for row in (f"| {vit} | scratch |", f"| {vit} | single (2.05k img) |",
+                f"| {vit} | single (1.02k img) |",  # the budget run
                 "| resnet10t | scratch |", "| resnet10t | multi (2.05k img) |"):
         assert row in report, report
     assert "cifar10 (200 img): acc" in report and (out / "report" / "bars.png").exists()
