@@ -201,6 +201,14 @@ def test_interrupted_finetune_resumes_exactly(tmp_path, imagefolder, monkeypatch
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_finetune_results_do_not_depend_on_loader_workers(tmp_path, imagefolder):
+    """Augmentation is keyed by (seed, epoch, index): the same run with 0 or 2 loader workers."""
+    for workers in (0, 2):
+        finetune("--data", imagefolder, "--out", str(tmp_path / f"w{workers}"), "epochs=1", "augment=basic",
+                 f"data.workers={workers}")
+    assert comparable(records(tmp_path / "w0")) == comparable(records(tmp_path / "w2"))
+
+
 class Payload:
     def __reduce__(self):
         return (os.system, (f"touch {MARKER}",))
