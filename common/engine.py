@@ -37,6 +37,7 @@ from tqdm import tqdm
 from .errors import UserError
 from .io import atomic_write, write_json
 from .metrics import StreamingMetrics
+from .models import classifier_parameters
 
 CHECKPOINT_FORMAT = "fractal-pretraining-checkpoint/1"
 
@@ -83,7 +84,7 @@ def param_groups(model: torch.nn.Module, opt_cfg: dict) -> list[dict]:
     scale = opt_cfg["head_lr_scale"]
     if scale == 1.0:
         return groups
-    head = {id(p) for p in model.get_classifier().parameters()}
+    head = {id(p) for p in classifier_parameters(model)}  # every head (distilled DeiTs have two)
     out = []
     for group in groups:
         body = [p for p in group["params"] if id(p) not in head]

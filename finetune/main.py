@@ -25,7 +25,8 @@ from common.engine import (Trainer, evaluate, make_accelerator, per_rank_batch, 
                            seed_all, seed_everything)
 from common.errors import ArgumentParser, UserError, run_main
 from common.io import atomic_write, write_json
-from common.models import TIMM_PREFIX, count_parameters, create_model, export_model, published_weights, read_sidecar
+from common.models import (TIMM_PREFIX, classifier_modules, count_parameters, create_model, export_model,
+                           published_weights, read_sidecar)
 from common.plots import confusion, curves
 from finetune import augment, datasets
 from finetune.config import FinetuneConfig
@@ -183,7 +184,8 @@ def make_model(cfg: dict, num_classes: int) -> torch.nn.Module:
                          model_kwargs=cfg["model_kwargs"])
     if cfg["mode"] == "linear_probe":
         model.requires_grad_(False)
-        model.get_classifier().requires_grad_(True)
+        for head in classifier_modules(model):  # one head, or two for distilled DeiTs
+            head.requires_grad_(True)
     return model
 
 
@@ -203,11 +205,12 @@ def run_few_shot(cfg: dict, model, data: Data, acc) -> None:
 
 def train(cfg: dict, model, data: Data, acc, resume: bool, checkpoint: str | None):
     """Fine-tune (or train the probe's head); returns the trainer and the last validation confusion matrix."""
-    train_mode = None  # full fine-tuning: plain train mode
-    if cfg["mode"] == "linear_probe":
-        def train_mode(m):  # backbone frozen in eval mode (no BN statistics, no dropout); head trains
-            m.eval()
-            acc.unwrap_model(m).get_classifier().train()
+    def probe_mode(m):  # backbone frozen in eval mode (no BN statistics, no dropout); head trains
+        m.eval()
+        for head in classifier_modules(acc.unwrap_model(m)):
+            head.train()
+
+    train_mode = probe_mode if cfg["mode"] == "linear_probe" else None  # None: plain train mode
 
     total, trainable = count_parameters(model)
     acc.print(f"{cfg['model']} ({cfg['mode']}, init {cfg['init']}): {total:,} parameters, {trainable:,} trainable; "

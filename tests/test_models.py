@@ -162,3 +162,13 @@ def test_finetune_from_published_weights_takes_their_settings(tmp_path, offline_
     assert (cfg["img_size"], cfg["aug"]["interpolation"], cfg["mean"]) == (160, "bilinear", [0.5] * 3)
     cfg = resolve(parse_args(["--config", CFG, "model=test_resnet"]))  # scratch: the old defaults
     assert (cfg["img_size"], cfg["aug"]["interpolation"]) == (32, "bicubic")
+
+
+def test_distilled_deit_linear_probe_with_head_lr_scale(tmp_path):
+    """Two heads: the probe trains both, and both get the head lr."""
+    data = write_imagefolder(str(tmp_path / "data"), per_class=4)
+    run = tmp_path / "run"
+    main(["--config", CFG, "--data", data, "--out", str(run), "model=deit_tiny_distilled_patch16_224",
+          "mode=linear_probe", "optim.head_lr_scale=10", *QUICK])
+    final = json.loads((run / "final.json").read_text())
+    assert final["trainable_parameters"] == 2 * (192 * 3 + 3)  # head and head_dist
