@@ -19,9 +19,18 @@ def run_main(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except UserError as e:
-        _exit(f"error: {e}", getattr(e, "exit_code", 2))
+        _exit(f"error: {_message(e)}", getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         _exit("error: interrupted", 130)
+
+
+def _message(e: UserError) -> str:
+    """The error's own line; one raised in a DataLoader worker arrives re-raised by torch with the
+    worker's traceback as its text, whose last line holds the original message."""
+    text = str(e)
+    if not text.startswith("Caught "):
+        return text
+    return text.rstrip().splitlines()[-1].split("UserError: ", 1)[-1]
 
 
 def _exit(line: str, code: int):

@@ -82,3 +82,21 @@ def test_architecture_mismatch_is_named(tmp_path):
 def test_unknown_model():
     with pytest.raises(UserError, match="unknown model"):
         create_model("no_such_model_xyz", 3)
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise UserError(f"img{i}.png: image does not decode; replace it")
+
+
+def test_user_error_from_a_dataloader_worker_is_one_line(capsys):
+    """torch re-raises a worker's error with the worker's traceback as its text: still one line."""
+    from common.errors import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: list(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: img0.png: image does not decode; replace it\n"
