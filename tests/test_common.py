@@ -71,7 +71,8 @@ def test_pos_embed_resampled_and_head_reinitialised(tmp_path, caplog):
 
 def test_architecture_mismatch_is_named(tmp_path):
     model = create_model("test_vit", 4, img_size=32)
-    export_model(model, str(tmp_path), {"model": "test_vit", "num_classes": 4, "img_size": 32})
+    export_model(model, str(tmp_path), {"model": "test_vit", "num_classes": 4, "img_size": 32, "mean": [0.5] * 3,
+                                        "std": [0.5] * 3})
     with pytest.raises(UserError, match="test_vit.*test_resnet"):
         create_model("test_resnet", 4, init=str(tmp_path / "model.safetensors"))
     (tmp_path / "model.json").unlink()  # no sidecar: the tensors themselves disagree
