@@ -10,6 +10,8 @@ the end, model.safetensors + model.json (the hand-off to finetune/).
 import os
 import sys
 
+import torch
+
 from common import runs
 from common.config import dump, load_config, save_config
 from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
@@ -97,6 +99,8 @@ def train(cfg: dict, source, trainer: Trainer, acc) -> None:
     def validate(model):
         result = evaluate(model, val, acc, cfg["eval_batch"], source.num_classes, source.multilabel)
         result.pop("confusion", None)
+        # damaged samples skipped so far, all ranks (every rank validates, so the reduce meets on each)
+        result["corrupt_samples"] = int(acc.reduce(torch.tensor(source.corrupt, device=acc.device), "sum"))
         return result
 
     key_log = None

@@ -441,3 +441,20 @@ def test_plant_pathology_damaged_image_is_named(tmp_path):
     (tmp_path / "pp" / "train.csv").write_text("image,labels\ngood.jpg,healthy\nbad.jpg,scab\n")
     with pytest.raises(UserError, match=r"train_images/bad.jpg is not a readable image"):
         datasets.load_plant_pathology(str(tmp_path / "pp"), "12class", cache_size=32)
+
+
+def test_skipped_samples_are_counted_in_metrics_jsonl(shards, tmp_path, no_hang):
+    """The count a run skipped reaches its validation records (summed over ranks)."""
+    import json
+
+    from pretrain.main import main
+
+    shard = shards / "single-000000.tar"
+    offset, size = member_offset(shard, "000000003.png")
+    overwrite(shard, offset + size // 2, b"\x00" * 40)
+    run = tmp_path / "run"
+    main(["--config", TINY, "--data", str(shards), "--out", str(run), "epochs=1", "batch_size=8",
+          "data.workers=0", "data.val_samples=8", "data.train_samples=96"])
+    with open(run / "metrics.jsonl") as f:
+        val = [r for r in map(json.loads, f) if "val_loss" in r]
+    assert val and val[-1]["corrupt_samples"] >= 1
