@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 
 from common.errors import ArgumentParser, UserError, run_main
+from common.io import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_BUDGET_S = 480  # the 8 minutes; each step gets min(its budget, what is left of this)
@@ -487,9 +488,7 @@ def main(argv=None) -> int:
     finally:
         summary = check.summary(started)
         path = os.path.join(args.out, "figures.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json(path, summary, indent=1)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     print(table(summary))

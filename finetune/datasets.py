@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
+from common.io import save_atomically
 
 PLANT_LABELS = ["complex", "frog_eye_leaf_spot", "healthy", "powdery_mildew", "rust", "scab"]
 
@@ -336,9 +337,7 @@ def _cached(src: str, cache_dir: str, size: int) -> str:
             raise UserError(f"{src} is not a readable image ({e}); remove it from the csv or replace it") from None
         scale = size / min(im.size)
         im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        im.save(tmp, "JPEG", quality=95)
-        os.replace(tmp, dst)
+        save_atomically(dst, lambda tmp: im.save(tmp, "JPEG", quality=95))
     return dst
 
 
