@@ -307,3 +307,22 @@ def test_smoke(name, tmp_path):
     assert again.stdout.count("done already") == len([s for s in Plan(
         {**experiment(name)}, {n: "x" for n in ("data", "imagenet", "cifar10", "cifar100")}, str(out),
         smoke=True).steps if s.stage != "report"])
+
+
+def test_prepare_digits_writes_a_stratified_seeded_imagefolder(tmp_path):
+    from PIL import Image
+
+    from experiments.prepare_digits import write_digits
+
+    counts = write_digits(str(tmp_path / "digits"), size=16, seed=0)
+    assert counts == {"train": 1258, "val": 539} and not (tmp_path / "digits.tmp").exists()
+    for split, per_class in (("train", (120, 130)), ("val", (50, 56))):
+        classes = sorted(os.listdir(tmp_path / "digits" / split))
+        assert classes == [str(c) for c in range(10)]
+        sizes = [len(os.listdir(tmp_path / "digits" / split / c)) for c in classes]
+        assert all(per_class[0] <= n <= per_class[1] for n in sizes), sizes  # 30 % of every class
+    image = Image.open(next((tmp_path / "digits" / "val" / "3").iterdir()))
+    assert image.size == (16, 16) and image.mode == "RGB"
+    again = write_digits(str(tmp_path / "again"), size=16, seed=0)
+    assert again == counts and sorted(os.listdir(tmp_path / "again" / "val" / "3")) == sorted(
+        os.listdir(tmp_path / "digits" / "val" / "3"))  # the split is a function of the seed
