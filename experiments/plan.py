@@ -18,7 +18,6 @@ import yaml
 from common.config import load_config
 from common.errors import UserError
 from experiments import smoke as smoke_scale
-from experiments.schema import dataset_names
 
 # training images per epoch of each downstream format, for the --dry-run estimate
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000, "plant_pathology": 18_632}
