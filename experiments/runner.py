@@ -11,6 +11,7 @@ writes one sbatch script per step and DIR/submit.sh, which chains them with afte
 --smoke runs every step at a tiny scale on the CPU, on fabricated data for each dataset not given.
 """
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -112,8 +113,30 @@ def smoke_published(exp: dict, out: str) -> list[str]:
     return smoke.fabricate_published(exp, hf_home)
 
 
+@contextlib.contextmanager
+def restored_process_state():
+    """--smoke sets process-wide state (torch threads, the Hugging Face cache and offline flag); a
+    caller that runs it in-process, as the tests do, gets its own back afterwards."""
+    import huggingface_hub.constants as hub
+    import torch
+
+    threads, env, hub_state = torch.get_num_threads(), dict(os.environ), (hub.HF_HUB_CACHE, hub.HF_HUB_OFFLINE)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(env)
+        hub.HF_HUB_CACHE, hub.HF_HUB_OFFLINE = hub_state
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    with restored_process_state() if args.smoke else contextlib.nullcontext():
+        _main(args)
+
+
+def _main(args) -> None:
     exp = load_experiment(args.experiment, args.quick, args.overrides, args.holdout)
     needed = needed_data(exp)
     data = resolve_data(args.data, needed)
