@@ -97,9 +97,10 @@ class Trainer:
 # --- checking ----------------------------------------------------------------------------------
 
 
-def validate(cfg: dict, schema: type, where: str = "config") -> dict:
-    """cfg checked against the dataclass `schema`: a new dict, values converted to their types."""
-    return _section(cfg, schema, "", where)
+def validate(cfg: dict, schema: type, where: str = "config", path: str = "") -> dict:
+    """cfg checked against the dataclass `schema`: a new dict, values converted to their types.
+    `path` (e.g. "pretrain[0].") prefixes the key names in messages, for a section of a larger file."""
+    return _section(cfg, schema, path, where)
 
 
 def _section(value, schema: type, path: str, where: str) -> dict:

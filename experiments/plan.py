@@ -117,7 +117,7 @@ class Plan:
                 name = f"pretrain/{job['name']}-{source}"
                 cfg = self._checked(name, config, over)
                 step = Step(name, "pretrain", "pretrain.main",
-                            ["--config", config, "--data", path, "--out", run_dir, *overrides(over)], marker, needs,
+                            ["--config", config, "--data", path, "--out", run_dir, "--resume", *overrides(over)], marker, needs,
                             images=_pretrain_images(cfg, folders.get(kind, (None, None))[1]))
                 runs.append((images, step))
                 self.weights[(job["name"], source)] = marker
@@ -192,7 +192,7 @@ class Plan:
                             self.steps.append(Step(
                                 step_name, "finetune", "finetune.main",
                                 ["--config", config, "--data", path, "--init", init, "--out", run_dir,
-                                 *overrides(over)],
+                                 "--resume", *overrides(over)],
                                 os.path.join(run_dir, "final.json"), [needs] if needs else [],
                                 images=_finetune_images(cfg)))
                             self.runs.append(run_dir)

@@ -16,7 +16,7 @@ import yaml
 
 from common.config import apply_override, merge
 from common.errors import UserError
-from common.schema import _section  # validate() with a key-path prefix
+from common.schema import validate
 
 STAGES = ("render", "pretrain", "finetune", "analysis", "report")
 
@@ -123,7 +123,7 @@ def check(value, schema: type, where: str, path: str = "") -> dict:
     """value (a mapping) with the schema's defaults filled in, checked; `path` prefixes key names."""
     if not isinstance(value, dict):
         raise UserError(f"{where}: {path.rstrip('.') or 'the file'} must be a mapping of keys, got {value!r}")
-    return _section({**_defaults(schema), **value}, schema, path, where)
+    return validate({**_defaults(schema), **value}, schema, where, path)
 
 
 def check_experiment(raw: dict, where: str) -> dict:
