@@ -1,10 +1,20 @@
-"""Pictures of results: learning curves and confusion matrices (matplotlib, headless)."""
+"""Pictures of results: the one plotting setup (headless matplotlib, `plt`, and `save`, which
+writes a PNG atomically) and the run pictures, learning curves and confusion matrices."""
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # no display anywhere this runs
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .io import save_atomically  # noqa: E402
+
+
+def save(fig, path: str) -> None:
+    """Lay out, write as PNG (complete or absent) and free the figure."""
+    fig.tight_layout()
+    save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
 
 
 def curves(records: list, path: str, title: str = "") -> None:
@@ -22,9 +32,7 @@ def curves(records: list, path: str, title: str = "") -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def confusion(cm: np.ndarray, classes: list, path: str, title: str = "") -> None:
@@ -44,6 +52,4 @@ def confusion(cm: np.ndarray, classes: list, path: str, title: str = "") -> None
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

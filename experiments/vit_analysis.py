@@ -15,18 +15,15 @@ with a model.json sidecar bring their own model and normalisation; scratch and t
 import os
 import sys
 
-import matplotlib
+import numpy as np
+import torch
+import yaml
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from common.errors import ArgumentParser, UserError, run_main  # noqa: E402
-from common.models import create_model, read_sidecar  # noqa: E402
-from finetune.analyze import attention_distance, attention_maps, sample_images  # noqa: E402
+from common.errors import ArgumentParser, UserError, run_main
+from common.models import create_model, read_sidecar
+from common.plots import plt, save
+from finetune.analyze import attention_distance, attention_maps, sample_images
 
 PCS = 12       # principal components shown per source
 SAMPLES = 4    # images in the rollout picture
@@ -81,12 +78,6 @@ def patch_pcs(model, count: int = PCS) -> np.ndarray:
     return vt[:count].reshape(-1, *w.shape[1:])
 
 
-def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def analyse(sources: dict, model: str | None, model_kwargs: dict, img_size: int | None, images: str | None,
             out: str) -> list[str]:
     loaded = {name: load_source(init, model, model_kwargs, img_size) for name, init in sources.items()}
@@ -114,7 +105,7 @@ def analyse(sources: dict, model: str | None, model_kwargs: dict, img_size: int 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean attention distance (px)")
-    _save(fig, os.path.join(out, "attention_distance.png"))
+    save(fig, os.path.join(out, "attention_distance.png"))
     with open(os.path.join(out, "attention_distance.csv"), "w") as f:
         f.write("source,layer,head,distance_px\n" + "".join(f"{s},{l},{h},{v:.3f}\n" for s, l, h, v in rows))
 
@@ -125,7 +116,7 @@ def analyse(sources: dict, model: str | None, model_kwargs: dict, img_size: int 
         ax.set_title(name)
         ax.axis("off")
     fig.suptitle("position-embedding cosine similarity (tile i,j: patch i,j against every position)", fontsize=9)
-    _save(fig, os.path.join(out, "pos_embed_similarity.png"))
+    save(fig, os.path.join(out, "pos_embed_similarity.png"))
 
     # 3. patch-embedding principal components: one row per source
     fig, axes = plt.subplots(n, PCS, figsize=(0.9 * PCS, 1.0 * n + 0.4), squeeze=False)
@@ -139,7 +130,7 @@ def analyse(sources: dict, model: str | None, model_kwargs: dict, img_size: int 
                 ax.imshow(f.transpose(1, 2, 0) if f.shape[0] == 3 else f[0], cmap=None if f.shape[0] == 3 else "gray")
         row[0].set_title(name, fontsize=8, loc="left")
     fig.suptitle("patch-embedding filters: first principal components", fontsize=9)
-    _save(fig, os.path.join(out, "patch_embed_pcs.png"))
+    save(fig, os.path.join(out, "patch_embed_pcs.png"))
 
     # 4. attention rollout on the same sample images: one column per source
     fig, axes = plt.subplots(SAMPLES, n + 1, figsize=(2.0 * (n + 1), 2.0 * SAMPLES), squeeze=False)
@@ -158,7 +149,7 @@ def analyse(sources: dict, model: str | None, model_kwargs: dict, img_size: int 
         for ax in axes[i]:
             ax.axis("off")
     axes[0][0].set_title("image", fontsize=8)
-    _save(fig, os.path.join(out, "attention_rollout.png"))
+    save(fig, os.path.join(out, "attention_rollout.png"))
     return ["attention_distance.png", "pos_embed_similarity.png", "patch_embed_pcs.png", "attention_rollout.png"]
 
 

@@ -10,15 +10,12 @@ patch-embedding filters. CNNs: the first-layer filters.
 import os
 import sys
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from common.errors import ArgumentParser, UserError, run_main  # noqa: E402
-from common.models import create_model, read_sidecar  # noqa: E402
+from common.errors import ArgumentParser, UserError, run_main
+from common.models import create_model, read_sidecar
+from common.plots import plt, save
 
 
 def _tile(filters: np.ndarray, path: str, title: str) -> None:
@@ -32,8 +29,7 @@ def _tile(filters: np.ndarray, path: str, title: str) -> None:
         f = (f - f.min()) / max(f.max() - f.min(), 1e-8)
         ax.imshow(f.transpose(1, 2, 0) if f.shape[0] == 3 else f[0], cmap=None if f.shape[0] == 3 else "gray")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def pos_embed_similarity(model, path: str) -> None:
@@ -48,8 +44,7 @@ def pos_embed_similarity(model, path: str) -> None:
             ax.imshow(sim[i, j], vmin=-1, vmax=1, cmap="viridis")
             ax.axis("off")
     fig.suptitle("position embedding cosine similarity (each tile: one patch vs all)", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def attention_maps(model, images: torch.Tensor) -> list[torch.Tensor]:
@@ -91,8 +86,7 @@ def plot_attention_distance(d: np.ndarray, path: str) -> None:
     ax.set_ylabel("mean attention distance (px)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def patch_embed_pcs(model, path: str, count: int = 28) -> None:

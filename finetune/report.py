@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 
 from common.errors import ArgumentParser, UserError, run_main
-from common.io import read_json, save_atomically, write_json, write_text
+from common.io import read_json, write_json, write_text
+from common.plots import plt, save
 
 MODES = {"finetune": "fine-tune", "linear_probe": "linear probe", "few_shot": "few-shot"}
 # config keys that are not settings of the result: bookkeeping, seeds (averaged over), what the row's
@@ -340,11 +341,6 @@ def _row_label(row: tuple) -> str:
 
 
 def _bar_chart(cells, rows, datasets, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metric = "acc" if any(m == "acc" for _, _, m in cells) else sorted({m for _, _, m in cells})[0]
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(datasets) * max(1, len(rows)) / 3), 4))
     width = 0.8 / max(1, len(rows))
@@ -356,7 +352,7 @@ def _bar_chart(cells, rows, datasets, path):
     ax.set_ylabel(f"{metric} (%), last epoch")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the bars, never over them
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _mean_curve(histories: list, key: str) -> tuple[list, np.ndarray] | None:
@@ -368,10 +364,6 @@ def _mean_curve(histories: list, key: str) -> tuple[list, np.ndarray] | None:
 
 def _curves(runs, path):
     """Per dataset: validation accuracy (top) and loss (bottom, training loss dashed), mean over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     groups = defaultdict(list)
@@ -397,7 +389,7 @@ def _curves(runs, path):
         for ax, ylabel in ((acc_ax, "val accuracy (%)"), (loss_ax, "loss (val solid, train dashed)")):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             _label(ax, d, "epoch", ylabel)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _budget_plot(runs, path) -> bool:
@@ -416,11 +408,6 @@ def _budget_plot(runs, path) -> bool:
     series = {key: sorted(ns) for key, ns in budgets.items() if len(ns) > 1}
     if not series:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = sorted({d for d, _, _ in series})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 3.8), squeeze=False)
     for ax, d in zip(axes[0], datasets):
@@ -438,7 +425,7 @@ def _budget_plot(runs, path) -> bool:
         ax.set_xticks(ticks, [_count(n) for n in ticks])
         ax.minorticks_off()
         _label(ax, d, "pretraining images seen", "accuracy (%), last epoch")
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -449,14 +436,6 @@ def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-
-
-def _save(fig, path: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
