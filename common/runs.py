@@ -26,6 +26,22 @@ def add_resume_arguments(parser) -> None:
                         help="continue from this checkpoint folder (checkpoints/step_N) of the run in --out")
 
 
+def start(cfg: dict, args, make_accelerator):
+    """What every training entry point does first: --print-config, the accelerator, the run-folder
+    check (every rank). Returns (accelerator, status), or None when there is nothing to train."""
+    if args.print_config:
+        print(dump(cfg), end="")
+        return None
+    accelerator = make_accelerator(cfg)
+    status = prepare(cfg, args.resume or bool(args.resume_from), accelerator)
+    if status == FINISHED:
+        accelerator.print(f"{cfg['run_dir']} is a finished run (final.json); nothing to do")
+        return None
+    if args.resume_from and status == FRESH:
+        raise UserError(f"--resume-from {args.resume_from}: {cfg['run_dir']} holds no run to continue")
+    return accelerator, status
+
+
 def prepare(cfg: dict, resume: bool, accelerator) -> str:
     """Check cfg["run_dir"] for this run (every rank): FRESH, RESUME or FINISHED. Normalises the
     folder name (a trailing slash is the same folder) and creates nothing."""

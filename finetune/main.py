@@ -20,7 +20,7 @@ import torch
 from accelerate import skip_first_batches
 
 from common import runs
-from common.config import dump, load_config, save_config
+from common.config import load_config, save_config
 from common.engine import (Trainer, evaluate, make_accelerator, per_rank_batch, position_seed,
                            seed_all, seed_everything)
 from common.errors import ArgumentParser, UserError, run_main
@@ -138,16 +138,10 @@ class Data:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = resolve(args)
-    if args.print_config:
-        print(dump(cfg), end="")
+    started = runs.start(cfg, args, make_accelerator)
+    if started is None:
         return
-    acc = make_accelerator(cfg)
-    status = runs.prepare(cfg, args.resume or bool(args.resume_from), acc)
-    if status == runs.FINISHED:
-        acc.print(f"{cfg['run_dir']} is a finished run (final.json); nothing to do")
-        return
-    if args.resume_from and status == runs.FRESH:
-        raise UserError(f"--resume-from {args.resume_from}: {cfg['run_dir']} holds no run to continue")
+    acc, status = started
     seed_everything(cfg["seed"], acc)
     data = load_data(cfg)
     model = make_model(cfg, data.num_classes)

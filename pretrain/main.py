@@ -13,9 +13,9 @@ import sys
 import torch
 
 from common import runs
-from common.config import dump, load_config, save_config
+from common.config import load_config, save_config
 from common.engine import Trainer, evaluate, make_accelerator, per_rank_batch, seed_everything
-from common.errors import ArgumentParser, UserError, run_main
+from common.errors import ArgumentParser, run_main
 from common.io import write_json
 from common.models import count_parameters, create_model, export_model
 from common.transforms import BatchFinish, make_transforms
@@ -47,16 +47,10 @@ def resolve(args) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = resolve(args)
-    if args.print_config:
-        print(dump(cfg), end="")
+    started = runs.start(cfg, args, make_accelerator)
+    if started is None:
         return
-    acc = make_accelerator(cfg)
-    status = runs.prepare(cfg, args.resume or bool(args.resume_from), acc)
-    if status == runs.FINISHED:
-        acc.print(f"{cfg['run_dir']} is a finished run (final.json); nothing to do")
-        return
-    if args.resume_from and status == runs.FRESH:
-        raise UserError(f"--resume-from {args.resume_from}: {cfg['run_dir']} holds no run to continue")
+    acc, status = started
     seed_everything(cfg["seed"], acc)
     source = make_data(cfg, acc)
     trainer = make_trainer(cfg, source, acc)
