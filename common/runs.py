@@ -54,7 +54,7 @@ def prepare(cfg: dict, resume: bool, accelerator) -> str:
 
 
 def _status(cfg: dict, run_dir: str, resume: bool) -> str:
-    _check_writable(run_dir)
+    check_out_folder(run_dir)
     saved = os.path.join(run_dir, "config.yaml")
     if not os.path.exists(saved):
         leftovers = [n for n in RESULTS if os.path.exists(os.path.join(run_dir, n))]
@@ -95,8 +95,9 @@ def _differ(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_writable(run_dir: str) -> None:
-    """A clear error now rather than a traceback when the first file is written."""
+def check_out_folder(run_dir: str) -> None:
+    """--out of any entry point: a clear error now rather than a traceback when the first file is
+    written (a file in the way, a folder that cannot be created or written)."""
     if os.path.exists(run_dir):
         if not os.path.isdir(run_dir):
             raise UserError(f"--out {run_dir} is a file, not a folder; choose another --out")

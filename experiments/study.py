@@ -17,6 +17,7 @@ import yaml
 
 from common.config import save_config
 from common.errors import UserError
+from common.runs import check_out_folder
 
 CLAIM = "experiment.yaml"
 
@@ -30,9 +31,8 @@ def claim_folder(exp: dict, out: str) -> None:
             if yaml.safe_load(f) != exp:
                 raise UserError(f"{out} holds an experiment run with another config ({path}); pass a new --out, "
                                 f"or delete {out} to start over")
-    elif os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out {out} is a file; pass a folder")
     else:
+        check_out_folder(out)
         save_config(exp, out, name=CLAIM)
 
 

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from common.errors import ArgumentParser, UserError, run_main
 from common.models import create_model, read_sidecar
 from common.plots import plt, save
+from common.runs import check_out_folder
 from finetune.analyze import attention_distance, attention_maps, sample_images
 
 PCS = 12       # principal components shown per source
@@ -172,6 +173,7 @@ def main(argv=None) -> None:
     kwargs = yaml.safe_load(args.model_kwargs)
     if not isinstance(kwargs, dict):
         raise UserError(f"--model-kwargs must be a YAML mapping, got {args.model_kwargs!r}")
+    check_out_folder(args.out)
     made = analyse(sources, args.model, kwargs, args.img_size, args.images, args.out)
     print(f"{args.out}: " + ", ".join(made))
 

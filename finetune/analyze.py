@@ -16,6 +16,7 @@ import torch
 from common.errors import ArgumentParser, UserError, run_main
 from common.models import create_model, read_sidecar
 from common.plots import plt, save
+from common.runs import check_out_folder
 
 
 def _tile(filters: np.ndarray, path: str, title: str) -> None:
@@ -129,6 +130,7 @@ def main(argv=None) -> None:
         raise UserError(f"{args.weights} has no model.json beside it; analyze needs the model name and size")
     model = create_model(side["model"], side["num_classes"], img_size=side["img_size"], init=args.weights,
                          model_kwargs=side.get("model_kwargs")).eval()
+    check_out_folder(args.out)
     os.makedirs(args.out, exist_ok=True)
     made = []
     if hasattr(model, "pos_embed") and hasattr(model, "blocks"):

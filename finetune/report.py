@@ -22,6 +22,7 @@ import yaml
 
 from common.errors import ArgumentParser, UserError, run_main
 from common.io import read_json, write_json, write_text
+from common.runs import check_out_folder
 from common.plots import plt, save
 
 MODES = {"finetune": "fine-tune", "linear_probe": "linear probe", "few_shot": "few-shot"}
@@ -443,8 +444,7 @@ def main(argv=None) -> None:
     ap.add_argument("runs", nargs="+", help="run folders (or parent folders: every sub-folder with final.json)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} is a file; give a folder for the report")
+    check_out_folder(args.out)
     paths = []
     for p in args.runs:
         found = [p] if os.path.exists(os.path.join(p, "final.json")) else sorted(

@@ -357,6 +357,14 @@ CASES += [
          ("final.json", "not valid json"), setup=write("runs/r1/final.json", "{{\"mode\": ")),
     Case("report: no finished run under the folders given", "report", ["{tmp}/runs", "--out", "{out}"],
          ("no finished", "final.json"), setup=write("runs/r1/notes.txt", "empty")),
+    Case("analyze: --out is a file", "analyze", ["--weights", "{tmp}/w/model.safetensors", "--out", "{tmp}/afile"],
+         ("afile", "is a file"), setup=lambda tmp: (_weights_with_sidecar(
+             '{"model": "resnet10t", "num_classes": 3, "img_size": 32, "mean": [0.5, 0.5, 0.5], '
+             '"std": [0.5, 0.5, 0.5]}')(tmp), write("afile", "x")(tmp))),
+    Case("analyze: --out inside a file", "analyze", ["--weights", "{tmp}/w/model.safetensors", "--out", "{tmp}/afile/a"],
+         ("cannot be created",), setup=lambda tmp: (_weights_with_sidecar(
+             '{"model": "resnet10t", "num_classes": 3, "img_size": 32, "mean": [0.5, 0.5, 0.5], '
+             '"std": [0.5, 0.5, 0.5]}')(tmp), write("afile", "x")(tmp))),
     Case("report: --out is a file", "report", ["{tmp}/runs", "--out", "{tmp}/afile"], ("afile",),
          setup=lambda tmp: (write("runs/r1/final.json", "{{}}")(tmp), write("afile", "x")(tmp))),
 ]
