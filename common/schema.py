@@ -71,6 +71,19 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "random")
 
 
 @dataclass
+class Aug:
+    """Augmentation keys both stages have (mixup, cutmix and label smoothing act in the engine)."""
+
+    scale: list[float] = key(gt=0, le=1, length=2)
+    interpolation: Literal[INTERPOLATIONS] = key()
+    label_smoothing: float = key(ge=0, lt=1)
+    mixup: float = key(ge=0)
+    cutmix: float = key(ge=0)
+    mixup_prob: float = key(ge=0, le=1)
+    mixup_switch_prob: float = key(ge=0, le=1)
+
+
+@dataclass
 class Trainer:
     """Keys every training run has (both stages)."""
 

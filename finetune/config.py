@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
+from common import schema
 from common.schema import INTERPOLATIONS, Trainer, key
 
 MODES = ("finetune", "linear_probe", "few_shot")
@@ -35,14 +36,8 @@ class FewShot:
 
 
 @dataclass
-class Aug:
-    scale: list[float] = key(gt=0, le=1, length=2)
+class Aug(schema.Aug):
     interpolation: Literal[INTERPOLATIONS + ("auto",)] = key()  # auto: the published weights' (timm:)
-    label_smoothing: float = key(ge=0, lt=1)
-    mixup: float = key(ge=0)
-    cutmix: float = key(ge=0)
-    mixup_prob: float = key(ge=0, le=1)
-    mixup_switch_prob: float = key(ge=0, le=1)
 
 
 @dataclass

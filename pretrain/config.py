@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from common.schema import INTERPOLATIONS, Trainer, key
+from common import schema
+from common.schema import Trainer, key
 
 
 @dataclass
@@ -20,21 +21,16 @@ class Data:
 
 
 @dataclass
-class Aug:
-    scale: list[float] = key(gt=0, le=1, length=2)
+class Aug(schema.Aug):
+    """The shared keys plus timm's training transform (crop ratio, flips, RandAugment, erasing)."""
+
     ratio: list[float] = key(gt=0, length=2)
     hflip: float = key(ge=0, le=1)
     vflip: float = key(ge=0, le=1)
     color_jitter: Optional[float] = key(ge=0)
     auto_augment: Optional[str] = key()
     re_prob: float = key(ge=0, le=1)
-    interpolation: Literal[INTERPOLATIONS] = key()
     crop_pct: float = key(gt=0, le=1)
-    label_smoothing: float = key(ge=0, lt=1)
-    mixup: float = key(ge=0)
-    cutmix: float = key(ge=0)
-    mixup_prob: float = key(ge=0, le=1)
-    mixup_switch_prob: float = key(ge=0, le=1)
 
 
 @dataclass

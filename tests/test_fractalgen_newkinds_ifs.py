@@ -1,9 +1,6 @@
 """The few-image IFS kinds (fractalgen/fewimage.py): 1p-frac and OFDB."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,22 +12,12 @@ from fractalgen.cli import main
 from fractalgen.fewimage import GRAY, PAD
 from fractalgen.search import search
 from fractalgen.systems import save_systems, sigma_factor, thresholds
+from tests.test_fractalgen_writer import cli, files
 
 M32 = (1 << 32) - 1
 FAST = ["--size", "40", "--points", "3000", "--no-progress"]
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "fractalgen", *args], capture_output=True, text=True)
-
-
-def files(folder):
-    out = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            out[os.path.relpath(path, folder)] = open(path, "rb").read()
-    return out
 
 
 @pytest.fixture(scope="module")
