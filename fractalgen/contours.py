@@ -54,11 +54,9 @@ def _grad1(h, x):
 
 
 @njit(cache=True, inline="always")
-def _perlin1(x):
-    # pnoise1 wraps its lattice at 1024 and then masks to 256: together just i & 255
-    fl = math.floor(x)
-    i = int(fl)
-    f = x - fl
+def _perlin_cell(i, f):
+    """Noise at offset f in lattice cell i. pnoise1 wraps its lattice at 1024 and then masks to 256:
+    together just i & 255."""
     fade = f * f * f * (f * (f * 6.0 - 15.0) + 10.0)
     a = _grad1(_PERM[i & 255], f)
     b = _grad1(_PERM[(i + 1) & 255], f - 1.0)
@@ -66,14 +64,16 @@ def _perlin1(x):
 
 
 @njit(cache=True, inline="always")
+def _perlin1(x):
+    fl = math.floor(x)
+    return _perlin_cell(int(fl), x - fl)
+
+
+@njit(cache=True, inline="always")
 def _perlin1_positive(x):
     """_perlin1 for x >= 0, where truncation is the floor (no floor call)."""
     i = int(x)
-    f = x - i
-    fade = f * f * f * (f * (f * 6.0 - 15.0) + 10.0)
-    a = _grad1(_PERM[i & 255], f)
-    b = _grad1(_PERM[(i + 1) & 255], f - 1.0)
-    return (a + fade * (b - a)) * 0.4
+    return _perlin_cell(i, x - i)
 
 
 @njit(cache=True, inline="always")
