@@ -1,7 +1,7 @@
 """What exact resume costs on shards: one epoch of the shard pipeline (tar read, PNG decode, timm
 transforms, batching; 2,048 single-instance images at 32 px, workers=0, where every sample is seeded;
 in a DataLoader worker the stream is seeded once per epoch) with the seeding
-(pretrain.shards.seed_sample) and with it switched off.
+(common.engine.seed_sample, as pretrain.shards uses it) and with it switched off.
 
     python benchmarks/bench_sample_seeding.py [--repeats 3]
 """

@@ -22,7 +22,7 @@ from accelerate import skip_first_batches
 from common import runs
 from common.config import load_config, save_config
 from common.engine import (Trainer, evaluate, make_accelerator, per_rank_batch, position_seed,
-                           seed_all, seed_everything)
+                           seed_everything, seed_sample)
 from common.errors import ArgumentParser, UserError, run_main
 from common.io import atomic_write, write_json
 from common.models import (TIMM_PREFIX, classifier_modules, count_parameters, create_model, export_model,
@@ -120,7 +120,7 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         # the trailing 1 keeps these apart from update seeds; transforms draw from the CPU generators only
-        seed_all(position_seed(self.seed, self.epoch, index, 1), cpu_only=True)
+        seed_sample(self.seed, self.epoch, index, 1)
         return self.dataset[index]
 
 

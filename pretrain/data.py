@@ -26,10 +26,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 import fractalgen
-from common.engine import step_seed
+from common.engine import seed_sample, step_seed
 from common.errors import UserError
 from fractalgen.card import sha256_file
-from pretrain.shards import BadSample, CorruptSample, CorruptTally, seed_sample, shard_batches, tallied
+from pretrain.shards import BadSample, CorruptSample, CorruptTally, shard_batches, tallied
 
 
 class Source:

@@ -7,16 +7,15 @@ same samples webdataset's tarfile_to_samples yields (key = name up to the first 
 name), at a fraction of the cost. ustar, pax (path records) and GNU long names are understood.
 """
 
-import hashlib
 import random
 import sys
 from typing import NamedTuple
 
 import numpy as np
-import torch
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
+from common.engine import seed_sample
 from common.errors import UserError
 
 BLOCK = 512
@@ -173,16 +172,6 @@ def _shard_reader(urls: list):
                     return
 
     return stage
-
-
-def seed_sample(*keys: int) -> None:
-    """Seed Python, NumPy and torch's CPU generator from a position, for augmentation in a DataLoader
-    worker. Not common.engine.step_seed: its SeedSequence and torch.manual_seed (which also seeds
-    every device) cost ~1 ms, more than decoding a small image."""
-    seed = int.from_bytes(hashlib.blake2b(repr(keys).encode(), digest_size=8).digest(), "little")
-    random.seed(seed)
-    np.random.seed(seed >> 32)
-    torch.default_generator.manual_seed(seed)
 
 
 def _decode_stage(decode, key: tuple):
