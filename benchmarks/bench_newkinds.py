@@ -9,6 +9,9 @@
 2. End to end to PNG shards with 2 workers at 256 px: images/s and the time that makes for 1M images.
 3. With --official DIR (a checkout of SUPER-TADORY/1p-frac): the official Python renderer
    (ifs_function.calculate + draw_patch, 512 px, 100k points) on a few images, for the ratio.
+4. With --official-ofdb DIR (a checkout of ryoo-nakamura/OFDB): its 2D renderer at make_2dofdb.py's
+   defaults (512 px, 100k points, patch_gray), PNG saving included, against render_sample + our PNG
+   encode at the same settings; both timed by CPU time on one core.
 
 Figures go to docs/benchmarks.md with the command that made them. Not a test.
 """
@@ -26,6 +29,7 @@ import numpy as np
 from fractalgen import DatasetSpec, render_dataset, render_sample
 from fractalgen import kernels
 from fractalgen.fewimage import GRAY, PAD
+from fractalgen.png import encode_png
 from fractalgen.rng import generator, kernel_seed
 from fractalgen.search import search
 
@@ -101,19 +105,53 @@ def official_rate(repo: str, images: int) -> float:
     return images / (time.perf_counter() - t)
 
 
+def official_ofdb_rate(repo: str, images: int, systems: list) -> tuple[float, float]:
+    """(official, ours) images/s for OFDB at make_2dofdb.py's defaults, PNG included, CPU time."""
+    sys.path.insert(0, os.path.join(repo, "2d-ofdb-generator", "fractal_renderer"))
+    import ifs_function as official  # noqa: E402  (the official code, from the given checkout)
+
+    out = tempfile.mkdtemp(prefix="ofdb-official-")
+    try:
+        t = time.process_time()
+        for c in range(images):
+            os.makedirs(os.path.join(out, str(c)), exist_ok=True)
+            gen = official.ifs_function(prev_x=0.0, prev_y=0.0, save_root=out, fractal_name=str(c),
+                                        fractal_weight_count="00")
+            system = np.asarray(systems[c])
+            det = np.abs(system[:, 0] * system[:, 3] - system[:, 1] * system[:, 2])
+            for row, p in zip(system, det / det.sum()):
+                gen.set_param(*map(float, row), float(p))
+            gen.calculate(100_000)
+            gen.draw_patch(512, 512, 6, 6, "gray", 0)  # writes the PNG, as make_2dofdb.py does
+        official_rate = images / (time.process_time() - t)
+    finally:
+        shutil.rmtree(out)
+    spec = DatasetSpec.create("ofdb", len(systems), len(systems), systems=systems, size=512, points=100_000)
+    encode_png(render_sample(spec, 0).image)  # compile
+    t = time.process_time()
+    for i in range(100):
+        encode_png(render_sample(spec, i % len(systems)).image)
+    return official_rate, 100 / (time.process_time() - t)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=300, help="images per timing round")
     ap.add_argument("--classes", type=int, default=50)
     ap.add_argument("--e2e", type=int, default=2000, help="images for the end-to-end runs (0: skip)")
     ap.add_argument("--official", help="a checkout of SUPER-TADORY/1p-frac, to time its renderer")
+    ap.add_argument("--official-ofdb", help="a checkout of ryoo-nakamura/OFDB, to time its 2D renderer")
+    ap.add_argument("--only-official", action="store_true", help="skip the kernel and end-to-end tables")
     args = ap.parse_args()
 
     # class systems: the search at 128 px is enough here (only the rendering is timed)
     fractaldb_systems = search(args.classes, seed=0, size=128, points=20_000, workers=2, progress=False)
-    print(f"one core, images/s (median of 5 rounds of {args.images}); kernel = chaos game + raster to uint8")
-    print(f"{'settings':<16}{'kind':<11}{'kernel':>9}{'sample':>9}{'kernel vs fractaldb':>22}")
-    for size, points in ((256, 100_000), (512, 100_000), (362, 200_000)):
+    if args.only_official:
+        args.e2e = 0
+    else:
+        print(f"one core, images/s (median of 5 rounds of {args.images}); kernel = chaos game + raster to uint8")
+        print(f"{'settings':<16}{'kind':<11}{'kernel':>9}{'sample':>9}{'kernel vs fractaldb':>22}")
+    for size, points in () if args.only_official else ((256, 100_000), (512, 100_000), (362, 200_000)):
         by_kind = specs(size, points, args.classes, fractaldb_systems)
         rates = {k: (_median_rate(kernel_fn(s), args.images), _median_rate(lambda i, s=s: render_sample(s, i),
                                                                               args.images))
@@ -135,6 +173,11 @@ def main():
         ours = _median_rate(lambda i, s=DatasetSpec.create("1p-frac", 10, 10): render_sample(s, i), 20)
         print(f"\nofficial 1p-frac renderer, 512 px, 100k points: {rate:.2f} images/s; "
               f"fractalgen render_sample at the same settings: {ours:.0f} images/s ({ours / rate:.0f}x)")
+
+    if args.official_ofdb:
+        official_rate, ours = official_ofdb_rate(args.official_ofdb, 3, fractaldb_systems[0])
+        print(f"\nofficial OFDB renderer, 512 px, 100k points, PNG saved: {official_rate:.3f} images/s (CPU time); "
+              f"fractalgen render_sample + PNG encode: {ours:.0f} images/s ({ours / official_rate:,.0f}x)")
 
 
 if __name__ == "__main__":
