@@ -1,0 +1,228 @@
+"""Render images with a reference generator, for benchmarks/fidelity.py (which runs this file).
+
+Runs in the reference's own venv (numpy, numba, opencv-python-headless, pillow), never in the project's:
+it imports the public reference code from the path it is given and calls its functions; none of that
+code is part of this project.
+
+    python benchmarks/fidelity_ref.py single|multi  /path/to/fractal-pretraining  OUT.npz --n 5000 --size 128
+    python benchmarks/fidelity_ref.py fractaldb     /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz ...
+    python benchmarks/fidelity_ref.py search        /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz --n 400
+
+Writes OUT.npz: images (n, S, S, C) uint8, masks (n, S, S) bool (fractal pixels before blur), systems
+(an object array of (maps, 6) arrays in fractalgen's (a, b, c, d, e, f) layout), per-image extras.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the reference venv may lack tqdm
+    def tqdm(it, **kw):
+        return it
+
+
+def seed_numba(seed):
+    """Seed the reference's numba-side np.random (separate from numpy's global state)."""
+    import numba
+
+    @numba.njit
+    def _seed(s):
+        np.random.seed(s)
+
+    _seed(seed)
+
+
+def as_rows(system):
+    """A reference (n, 2, 3) system [[a, b, e], [c, d, f]] as fractalgen rows (a, b, c, d, e, f)."""
+    s = np.asarray(system, np.float64)
+    return np.stack([s[:, 0, 0], s[:, 0, 1], s[:, 1, 0], s[:, 1, 1], s[:, 0, 2], s[:, 1, 2]], 1)
+
+
+def single(path, n, size, points, seed, jitter):
+    """Anderson & Farrell IFSGenerator (their defaults: scale 0.5-2, translate 0.2, flips, colour, plasma
+    background, blur p 0.5), one freshly sampled system (2-4 maps) per image."""
+    sys.path.insert(0, path)
+    from fractal_learning.fractals import ifs
+    from fractal_learning.training.datamodule.datasets.generator import IFSGenerator
+
+    np.random.seed(seed)
+    seed_numba(seed)
+    gen = IFSGenerator(size=size, jitter_params=jitter, niter=points)
+    gen.rng = np.random.default_rng(seed)
+    images, masks, systems = [], [], []
+    for _ in tqdm(range(n), desc="reference single", file=sys.stderr):
+        system = ifs.sample_system(n=(2, 5), rng=gen.rng)
+        # IFSGenerator.generate, step by step, to keep the foreground mask
+        fg = gen.render(gen.jitter(system))
+        fg = gen.random_flips(fg)
+        fg = gen.to_color(fg)
+        mask = fg.any(-1)
+        img = gen.composite(fg, gen.render_background())
+        if gen.blur_p and gen.rng.random() > 0.5:
+            img = gen.random_blur(img)
+        images.append(img)
+        masks.append(mask)
+        systems.append(as_rows(system))
+    return {"images": np.stack(images), "masks": np.stack(masks), "systems": systems}
+
+
+def multi(path, n, size, points, seed, classes, cache):
+    """Anderson & Farrell MultiGenerator (1-5 instances from a cache of `cache` half-resolution renders,
+    resized to 0.15-0.6 of the side, one new render every second image as their dataset's period 2),
+    the cache filled first (its steady state). Also records instance counts and sizes."""
+    sys.path.insert(0, path)
+    from cv2 import INTER_LINEAR, resize
+    from fractal_learning.fractals import ifs
+    from fractal_learning.training.datamodule.datasets.generator import MultiGenerator
+
+    np.random.seed(seed)
+    seed_numba(seed)
+    gen = MultiGenerator(size=size, cache_size=cache, niter=points)
+    gen.rng = rng = np.random.default_rng(seed)
+    systems = [ifs.sample_system(n=(2, 5), rng=rng) for _ in range(classes)]
+    for _ in range(cache):
+        k = int(rng.integers(classes))
+        gen.add_sample(systems[k], label=k)
+    images, masks, counts, sizes = [], [], [], []
+    for i in tqdm(range(n), desc="reference multi", file=sys.stderr):
+        k = int(rng.integers(classes))
+        if i % 2 == 0:
+            gen.add_sample(systems[k], label=k)
+        # MultiGenerator.generate, step by step, to keep the foreground mask
+        img = gen.cache["bg"][rng.integers(0, len(gen))].copy()
+        mask = np.zeros((size, size), bool)
+        m = rng.choice(range(gen.n_objects[0], gen.n_objects[1] + 1), p=gen.nobj_p)
+        for _ in range(m):
+            fg = gen.cache["fg"][rng.integers(0, len(gen))]
+            fg = gen.to_color(gen.random_flips(fg))
+            s = int(rng.uniform(*gen.size_range) * size)
+            fg = resize(fg, (s, s), interpolation=INTER_LINEAR)
+            x, y = rng.integers(-(s // 2), size - (s // 2), 2)
+            x1, x2 = (0 if x >= 0 else -x), (s if x < size - s else size - x)
+            y1, y2 = (0 if y >= 0 else -y), (s if y < size - s else size - y)
+            fg = fg[y1:y2, x1:x2]
+            y, x = max(y, 0), max(x, 0)
+            gen.composite(fg, img[y:y + fg.shape[0], x:x + fg.shape[1]])
+            mask[y:y + fg.shape[0], x:x + fg.shape[1]] |= fg.any(-1)
+            sizes.append(s / size)
+        counts.append(m)
+        if gen.blur_p and rng.random() > gen.blur_p:
+            img = gen.random_blur(img)
+        images.append(img)
+        masks.append(mask)
+    return {"images": np.stack(images), "masks": np.stack(masks), "systems": [as_rows(s) for s in systems],
+            "instance_counts": np.array(counts), "instance_sizes": np.array(sizes)}
+
+
+def fractaldb_systems(path, classes):
+    """The first `classes` published FractalDB-1k class systems (data/csv_rate0.2_category1000)."""
+    root = os.path.join(path, "data", "csv_rate0.2_category1000")
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".csv"))
+    if len(files) < classes:
+        sys.exit(f"error: {root} has {len(files)} class files, fewer than {classes}")
+    return [np.loadtxt(f, delimiter=",") for f in files[:classes]]
+
+
+def fractaldb(path, n, size, points, seed, classes, weights):
+    """Kataoka et al.'s renderer (ifs_function: np.random.seed(100) chaos game from (0, 0), 6-px margin,
+    draw_patch gray: a random 3x3 patch per point, 127 on black, 4 flips per render) for the first
+    `classes` published class systems; n images drawn at random from class x weight row x flip."""
+    sys.path.insert(0, os.path.join(path, "fractal_renderer"))
+    import random
+
+    from ifs_function import ifs_function
+    from PIL import Image
+
+    random.seed(seed)
+    rng = np.random.default_rng(seed)
+    rows = np.loadtxt(os.path.join(path, "fractal_renderer", "weights", f"weights_{weights}.csv"), delimiter=",")
+    params = fractaldb_systems(path, classes)
+    images, labels = [], []
+    saved = []
+
+    def capture(image, *args, **kw):  # draw_patch saves 4 flipped PNGs (then closes them): keep copies
+        saved.append(np.array(image)[..., 0])
+
+    Image.Image.save = capture  # the renderer's only side effect
+    for _ in tqdm(range(n // 4 + 1), desc="reference fractaldb", file=sys.stderr):
+        c, w = int(rng.integers(classes)), rows[rng.integers(len(rows))]
+        gen = ifs_function(prev_x=0.0, prev_y=0.0, save_root="/nonexistent", fractal_name="x", fractal_weight_count="0")
+        for p in params[c]:
+            gen.set_param(*map(float, p[:7]), weight_a=w[0], weight_b=w[1], weight_c=w[2], weight_d=w[3],
+                          weight_e=w[4], weight_f=w[5])
+        gen.calculate(points)
+        saved.clear()
+        gen.draw_patch(size, size, 6, 6, "gray", 0)
+        images.extend(saved)  # its 4 flips
+        labels.extend([c] * len(saved))
+    images = np.stack(images[:n])
+    return {"images": images[..., None], "masks": images > 0, "systems": [p[:, :6] for p in params],
+            "labels": np.array(labels[:n])}
+
+
+def search(path, n, seed):
+    """Kataoka et al.'s class search (param_search/ifs_search.py: np.random.seed(1), 2-7 maps, all 6N
+    parameters U(-1, 1), 512 px, 100k points, pad 6): the filling rate of each of the first n candidates."""
+    sys.path.insert(0, os.path.join(path, "param_search"))
+    from ifs_simple import ifs_function
+
+    np.random.seed(seed)
+    rates, systems = [], []
+    t = time.perf_counter()
+    for _ in tqdm(range(n), desc="reference search", file=sys.stderr):
+        m = np.random.randint(2, 8)
+        params = np.zeros((m, 7))
+        for i in range(m):
+            a, b, c, d, e, f = np.random.uniform(-1.0, 1.0, 6)
+            params[i] = a, b, c, d, e, f, abs(a * d - b * c)
+        params[:, 6] /= params[:, 6].sum()
+        gen = ifs_function(prev_x=0.0, prev_y=0.0)
+        for p in params:
+            gen.set_param(*map(float, p))
+        gen.calculate(100_000)
+        with np.errstate(all="ignore"):
+            try:
+                img = gen.draw_point(512, 512, 6, 6, "gray", 0)
+                rates.append(np.count_nonzero(img[:, :, 0]) / img[:, :, 0].size)
+            except Exception:  # a divergent candidate: the original crashes on it (counted as empty)
+                rates.append(0.0)
+        systems.append(params[:, :6])
+    return {"rates": np.array(rates), "systems": systems, "seconds": time.perf_counter() - t}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search"])
+    p.add_argument("path", help="the reference checkout")
+    p.add_argument("out", help="output .npz")
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--points", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--cache", type=int, default=512)
+    p.add_argument("--jitter", action="store_true", help="single: the reference's default parameter jitter")
+    p.add_argument("--weights", default="0.4", help="fractaldb: weights_X.csv (the release script's 0.4)")
+    a = p.parse_args()
+    if not os.path.isdir(a.path):
+        sys.exit(f"error: reference checkout {a.path} does not exist")
+    if a.kind == "single":
+        out = single(a.path, a.n, a.size, a.points, a.seed, a.jitter)
+    elif a.kind == "multi":
+        out = multi(a.path, a.n, a.size, a.points, a.seed, a.classes, a.cache)
+    elif a.kind == "fractaldb":
+        out = fractaldb(a.path, a.n, a.size, a.points, a.seed, a.classes, a.weights)
+    else:
+        out = search(a.path, a.n, a.seed)
+    systems = np.empty(len(out["systems"]), object)
+    systems[:] = [np.asarray(s, np.float64) for s in out.pop("systems")]
+    np.savez(a.out, systems=systems, **out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""benchmarks/fidelity.py on tiny fabricated inputs (no reference code needed): the two-sample CNN, the
+statistics and their JSON, the sigma factor; and the fractalgen options it compares with."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import fidelity  # noqa: E402
+
+
+def _noise(rng, n, mean, size=32):
+    return np.clip(rng.normal(mean, 40, (n, size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def test_two_sample_auc_near_half_for_one_distribution():
+    rng = np.random.default_rng(0)
+    a, b = _noise(rng, 150, 128), _noise(rng, 150, 128)
+    test_auc, _ = fidelity.two_sample_auc(a, b, epochs=2, size=32, progress=False)
+    assert 0.3 <= test_auc <= 0.7
+
+
+def test_two_sample_auc_near_one_for_different_distributions():
+    rng = np.random.default_rng(1)
+    a, b = _noise(rng, 150, 100), _noise(rng, 150, 160)
+    test_auc, train_auc = fidelity.two_sample_auc(a, b, epochs=2, size=32, progress=False)
+    assert test_auc >= 0.95 and train_auc >= 0.95
+
+
+def test_sigma_factor_matches_hand_computed_value():
+    # map 1: diag(0.5, 0.25) -> 0.5 + 2 * 0.25 = 1.0; map 2: 0.6 * rotation -> 0.6 + 2 * 0.6 = 1.8
+    c, s = np.cos(0.7), np.sin(0.7)
+    system = np.array([[0.5, 0.0, 0.0, 0.25, 0.1, -0.3], [0.6 * c, -0.6 * s, 0.6 * s, 0.6 * c, 0.0, 0.0]])
+    assert fidelity.sigma_factors([system])[0] == pytest.approx(2.8)
+
+
+def test_rgb_to_hsv_on_primaries():
+    hsv = fidelity.rgb_to_hsv(np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [0, 0, 0], [128, 128, 128]], np.uint8))
+    assert hsv[:3, 0] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    assert hsv[:3, 1] == pytest.approx([1.0, 1.0, 1.0]) and hsv[3:, 1] == pytest.approx([0.0, 0.0])
+    assert hsv[4, 2] == pytest.approx(128 / 255)
+
+
+def _fake_side(rng, n=12, size=16, multi=False):
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), bool)
+    masks[:, 4:8, 4:8] = True  # 16 of 256 pixels
+    systems = np.empty(3, object)
+    systems[:] = [np.array([[0.5, 0, 0, 0.25, 0, 0], [0.5, 0, 0, 0.5, 1, 1]])] * 3
+    data = {"images": images, "masks": masks, "systems": systems}
+    if multi:
+        data.update(instance_counts=np.array([1, 2, 3] * (n // 3)), instance_sizes=rng.uniform(0.15, 0.6, 2 * n))
+    return data
+
+
+def test_stats_json_has_the_fields(tmp_path):
+    rng = np.random.default_rng(2)
+    ours, ref = fidelity.side_stats(_fake_side(rng, multi=True)), fidelity.side_stats(_fake_side(rng, multi=True))
+    result = fidelity.compare(ours, ref)
+    for key in ("sigma_factor", "maps", "coverage", "fg_intensity_hist", "fg_hue_hist", "fg_sat_hist", "fg_val_hist",
+                "bg_hue_hist", "bg_val_hist", "bg_mean", "bg_std", "instance_counts", "instance_sizes"):
+        assert key in result["ours"] and key in result["reference"], key
+    assert result["ours"]["coverage"]["mean"] == pytest.approx(16 / 256)
+    assert result["ours"]["sigma_factor"]["mean"] == pytest.approx(1.0 + 0.5 + 1.0)  # (0.5 + 0.5) + (0.5 + 1.0)
+    assert result["ours"]["maps"][2] == 3 and result["ours"]["instance_counts"][1:4] == [4, 4, 4]
+    assert set(result["total_variation"]) >= {"fg_hue_hist", "bg_val_hist"}
+    assert all(0 <= v <= 1 for v in result["total_variation"].values())
+    json.dumps(result, default=float)  # JSON-able
+    fidelity.plot_stats(result, str(tmp_path / "s.png"), "t")
+    fidelity.contact_sheet(_fake_side(rng)["images"], _fake_side(rng)["images"], str(tmp_path / "c.png"), "t")
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_gray_stats_and_identical_histograms():
+    rng = np.random.default_rng(3)
+    side = _fake_side(rng)
+    side["images"] = side["images"][..., :1]
+    st = fidelity.side_stats(side)
+    assert "fg_hue_hist" not in st and st["channels"] == 1
+    assert fidelity.compare(st, st)["total_variation"]["fg_intensity_hist"] == 0.0
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        fidelity.main(["--kind", "single", "--ref", str(tmp_path / "missing"), "--work", str(tmp_path)])
+    assert str(e.value).startswith("error: --ref")
+
+
+def test_fractalgen_reference_options_render():
+    """The comparison options draw (and leave the default images alone: they are off by default)."""
+    from fractalgen.kinds import DatasetSpec, render_sample
+
+    on = DatasetSpec.create("single", 4, 2, size=32, points=2000, reference_colour=True, reference_background=True)
+    off = DatasetSpec.create("single", 4, 2, size=32, points=2000)
+    a, b = render_sample(on, 1), render_sample(off, 1)
+    assert a.image.shape == b.image.shape == (32, 32, 3) and not np.array_equal(a.image, b.image)
+    assert a.meta["background"]["kind"] == "plasma-reference" and b.meta["background"]["kind"] == "plasma"
+    m = render_sample(DatasetSpec.create("multi", 4, 2, size=32, points=2000, reference_colour=True), 0)
+    assert m.image.shape == (32, 32, 3)
+    system = np.array([[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0, 0.5]])
+    fdb = DatasetSpec.create("fractaldb", 4, 1, systems=[system], size=32, points=3000, official_draw=True)
+    image = render_sample(fdb, 0).image
+    assert set(np.unique(image)) == {0, 127} and not image[:5].any() and not image[:, -5:].any()  # margin
+
+
+def test_opencv_colouring_reads_hue_bytes_in_the_0_179_range():
+    from fractalgen import kernels
+
+    counts = np.array([[2, 1, 0]], np.int32)
+    rgb, mask = np.zeros((1, 3, 3), np.uint8), np.zeros((1, 3), bool)
+    assert kernels.colorize_opencv(counts, 0.0, 255.0, 255.0, rgb, mask) == 2
+    # byte 255 -> 255 / 180 of the circle = 150 degrees; byte 127 (0.5 * 255, truncated) -> 254 degrees
+    assert rgb[0, 0].tolist() == [0, 255, 128] and rgb[0, 1].tolist() == [60, 0, 255] and mask.tolist() == [[1, 1, 0]]
