@@ -24,7 +24,7 @@ demo: setup
 	$(PY) -m experiments.demo --out $(OUT) $(if $(CIFAR),--cifar $(CIFAR),)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: setup
 	$(PY) benchmarks/bench_render.py
