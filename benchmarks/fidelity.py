@@ -83,9 +83,13 @@ def fractal_mask(spec, meta):
     for inst in meta["instances"]:
         left, top, right, _ = inst["paste_box"]
         side, c, f = right - left, inst["class"], inst["flip"]
+        drawn = max(4, size // 2) if spec.options.get("reference_resize") else side
         ok, counts = kernels.render_counts(spec.systems[c], spec._thresholds[c], inst["points"], inst["chaos_seed"],
-                                           side, side, 1.0, 1.0, 0.0, 0.0, f["horizontal"], f["vertical"],
+                                           drawn, drawn, 1.0, 1.0, 0.0, 0.0, f["horizontal"], f["vertical"],
                                            f["transpose"], np.asarray(inst["patch"], np.uint8).reshape(3, 3))
+        if drawn != side:  # drawn at half size, then resized (fractalgen's reference_resize)
+            proxy = np.repeat(np.where(counts > 0, np.uint8(255), np.uint8(0))[..., None], 3, 2)
+            counts = kernels.resize_bilinear(proxy, side)[..., 0]
         ys, xs = np.nonzero(counts > 0)
         ys, xs = ys + top, xs + left
         keep = (ys >= 0) & (ys < size) & (xs >= 0) & (xs < size)

@@ -293,8 +293,9 @@ def colorize(counts, hue_shift, sat, val, rgb, mask):
 
 
 @njit(cache=True)
-def plasma(n, roughness, seed):
-    """Diamond-square plasma noise on an (n, n) grid, n = 2**k + 1, values in [0, 1]."""
+def plasma(n, roughness, seed, normalise=True):
+    """Diamond-square plasma noise on an (n, n) grid, n = 2**k + 1, values in [0, 1] (normalise=False:
+    the raw field, corners in [0, 1] plus noise of amplitude 1, roughness, roughness**2 ... per level)."""
     g = np.zeros((n, n))
     s = np.uint64(seed)
     for yy in (0, n - 1):
@@ -329,9 +330,60 @@ def plasma(n, roughness, seed):
                 g[y, x] = acc / cnt + (u - 0.5) * amp
         step = half
         amp *= roughness
+    if not normalise:
+        return g
     lo = g.min()
     hi = g.max()
     return (g - lo) / max(hi - lo, 1e-12)
+
+
+@njit(cache=True, inline="always")
+def _byte(x):
+    """A float cast to uint8 as the public code's Numba np.uint8(x) does on x86: truncate, then mod 256."""
+    return int(x) % 256
+
+
+@njit(cache=True)
+def colorize_opencv(counts, hue_shift, sat, val, rgb, mask):
+    """The public Single/Multi-Instance colouring (Anderson & Farrell's ifs.colorize), for comparisons:
+    8-bit hue (count / max count) * 255 + hue_shift (0-255, wrapped mod 256), saturation and value bytes
+    sat, val (0-255), read as OpenCV's 0-179 hue range (so hue bytes 180-255 repeat the reds to greens).
+    Colours the fractal pixels (counts > 0) of rgb in place, marks them in mask; returns their number."""
+    cmax = counts.max()
+    if cmax <= 0:
+        return 0
+    h, w = counts.shape
+    filled = 0
+    for y in range(h):
+        for x in range(w):
+            c = counts[y, x]
+            if c > 0:
+                hue = _byte(c / cmax * 255.0 + hue_shift)
+                r, g, b = _hsv_to_rgb(hue / 180.0, sat / 255.0, val / 255.0)
+                rgb[y, x, 0] = np.uint8(r * 255.0 + 0.5)
+                rgb[y, x, 1] = np.uint8(g * 255.0 + 0.5)
+                rgb[y, x, 2] = np.uint8(b * 255.0 + 0.5)
+                mask[y, x] = True
+                filled += 1
+    return filled
+
+
+@njit(cache=True)
+def colorize_background_opencv(noise, hue_scale, hue_shift, sat_scale, sat_shift, val_scale, val_shift, rgb):
+    """The public code's background colouring (diamondsquare._colorize + OpenCV HSV -> RGB), for
+    comparisons: bytes hue = x * hue_scale + hue_shift (mod 256), sat / val = min(x * scale + shift, 255)
+    of the raw noise x, hue read in OpenCV's 0-179 range."""
+    h, w, _ = rgb.shape
+    for y in range(h):
+        for x in range(w):
+            n = noise[y, x]
+            hue = _byte(n * hue_scale + hue_shift)
+            s = _byte(min(n * sat_scale + sat_shift, 255.0))
+            v = _byte(min(n * val_scale + val_shift, 255.0))
+            r, g, b = _hsv_to_rgb(hue / 180.0, s / 255.0, v / 255.0)
+            rgb[y, x, 0] = np.uint8(r * 255.0 + 0.5)
+            rgb[y, x, 1] = np.uint8(g * 255.0 + 0.5)
+            rgb[y, x, 2] = np.uint8(b * 255.0 + 0.5)
 
 
 @njit(cache=True)
@@ -351,6 +403,30 @@ def colorize_background(noise, hue, hue_range, sat, val_lo, val_hi, rgb):
             rgb[y, x, 0] = lut[q, 0]
             rgb[y, x, 1] = lut[q, 1]
             rgb[y, x, 2] = lut[q, 2]
+
+
+@njit(cache=True)
+def resize_bilinear(src, side):
+    """(side, side, C) uint8 bilinear resize of an (H, W, C) uint8 image, sampled as OpenCV's INTER_LINEAR
+    (pixel centres aligned, edges clamped, no anti-aliasing when shrinking)."""
+    h, w, c = src.shape
+    out = np.empty((side, side, c), np.uint8)
+    sy, sx = h / side, w / side
+    for y in range(side):
+        fy = min(max((y + 0.5) * sy - 0.5, 0.0), h - 1.0)
+        y0 = min(int(fy), h - 2) if h > 1 else 0
+        ty = fy - y0
+        y1 = min(y0 + 1, h - 1)
+        for x in range(side):
+            fx = min(max((x + 0.5) * sx - 0.5, 0.0), w - 1.0)
+            x0 = min(int(fx), w - 2) if w > 1 else 0
+            tx = fx - x0
+            x1 = min(x0 + 1, w - 1)
+            for k in range(c):
+                v = ((1.0 - ty) * ((1.0 - tx) * src[y0, x0, k] + tx * src[y0, x1, k])
+                     + ty * ((1.0 - tx) * src[y1, x0, k] + tx * src[y1, x1, k]))
+                out[y, x, k] = np.uint8(v + 0.5)
+    return out
 
 
 @njit(cache=True)

@@ -166,8 +166,11 @@ def _render_fractaldb(spec: DatasetSpec, index: int) -> Sample:
     for v in (variant, 0):  # a perturbed variant that diverges or empties falls back to the class system
         params = weight_variant(spec.systems[cls], v)
         th = spec._thresholds[cls] if v == 0 else thresholds(params)
-        ok, counts = kernels.render_counts(params, th, o["points"], seed, size, size, 1.0, 1.0, 0.0, 0.0,
-                                           bool(flip & 1), bool(flip & 2), False, patch)
+        if o["official_draw"]:
+            ok, counts = _official_draw(o, params, spec._thresholds[cls], seed, kernel_seed(rng), flip)
+        else:
+            ok, counts = kernels.render_counts(params, th, o["points"], seed, size, size, 1.0, 1.0, 0.0, 0.0,
+                                               bool(flip & 1), bool(flip & 2), False, patch)
         if ok and np.count_nonzero(counts) >= o["min_fill"] * counts.size:
             break
         fallback = True
@@ -176,7 +179,7 @@ def _render_fractaldb(spec: DatasetSpec, index: int) -> Sample:
         image = np.zeros((size, size, 3), np.uint8)
         kernels.colorize(counts, rng_c.random(), 1.0, 1.0, image, np.zeros((size, size), np.bool_))
     else:
-        image = np.where(counts > 0, np.uint8(255), np.uint8(0))
+        image = np.where(counts > 0, np.uint8(fewimage.GRAY if o["official_draw"] else 255), np.uint8(0))
     factor = None if v == 0 else WEIGHT_FACTORS[(v - 1) % len(WEIGHT_FACTORS)]
     meta = {"index": index, "cls": cls, "classes": [cls], "system": cls,
             "variant": {"id": v, "parameter": None if v == 0 else "abcdef"[(v - 1) // len(WEIGHT_FACTORS)],
@@ -184,6 +187,20 @@ def _render_fractaldb(spec: DatasetSpec, index: int) -> Sample:
             "flip": {"horizontal": bool(flip & 1), "vertical": bool(flip & 2)},
             "patch": patch.ravel().tolist(), "chaos_seed": seed, "params": params.tolist()}
     return Sample(f"{index:09d}", image, cls, [cls], meta)
+
+
+def _official_draw(o: dict, params: np.ndarray, th: np.ndarray, seed: int, patch_seed: int, flip: int):
+    """(ok, image) drawn as the official FractalDB renderer's draw_patch: a random 3x3 patch per point
+    pasted in order, 6-px margin, gray 127, probabilities of the unweighted class system; then flipped."""
+    ok, image = kernels.render_random_patches(params, th, o["points"], seed, patch_seed, o["size"], fewimage.PAD,
+                                              np.uint8(fewimage.GRAY))
+    image = image[:, ::-1] if flip & 1 else image
+    return ok, np.ascontiguousarray(image[::-1] if flip & 2 else image)
+
+
+def _check_fractaldb(options: dict) -> None:
+    if options["official_draw"] and options["color"]:
+        raise UserError("official_draw draws the official gray images; it cannot be combined with --color")
 
 
 def _jitter(params: np.ndarray, amount: float, rng) -> np.ndarray:
@@ -204,6 +221,8 @@ def _background(o: dict, rng, size: int) -> tuple[np.ndarray, dict]:
     if not o["background"]:
         return image, {"kind": "none"}
     grid = 1 << int(np.ceil(np.log2(size - 1))) if size > 2 else 2
+    if o["reference_background"]:
+        return _reference_background(rng, grid, size, image)
     roughness = rng.uniform(0.45, 0.75)
     noise = kernels.plasma(grid + 1, roughness, kernel_seed(rng))[:size, :size]
     hue, hue_range = rng.random(), rng.uniform(0.25, 1.0)
@@ -213,6 +232,32 @@ def _background(o: dict, rng, size: int) -> tuple[np.ndarray, dict]:
     kernels.colorize_background(np.ascontiguousarray(noise), hue, hue_range, sat, val_lo, val_hi, image)
     return image, {"kind": "plasma", "roughness": roughness, "hue": hue, "hue_range": hue_range,
                    "saturation": sat, "value": [val_lo, val_hi]}
+
+
+def _reference_background(rng, grid: int, size: int, image: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The public code's background (diamondsquare.colorized_ds): the raw (unnormalised) plasma field
+    with decay U(0.4, 0.8), coloured by bytes hue x * U(0.25, 1) * 255 + U(0, 255), saturation
+    x * U(0.1, 0.3) * 255 + U(0.4, 0.6) * 255, value x * U(0.3, 0.6) * 255 + U(0.4, 0.6) * 255, read in
+    OpenCV's 0-179 hue range (kernels.colorize_background_opencv)."""
+    decay = rng.uniform(0.4, 0.8)
+    noise = kernels.plasma(grid + 1, float(np.exp(-decay)), kernel_seed(rng), False)[:size, :size]
+    scales = [rng.uniform(0.25, 1.0) * 255, rng.random() * 255, rng.uniform(0.1, 0.3) * 255,
+              rng.uniform(0.4, 0.6) * 255, rng.uniform(0.3, 0.6) * 255, rng.uniform(0.4, 0.6) * 255]
+    kernels.colorize_background_opencv(np.ascontiguousarray(noise), *scales, image)
+    return image, {"kind": "plasma-reference", "decay": decay, "hue_scale_shift": scales[:2],
+                   "sat_scale_shift": scales[2:4], "val_scale_shift": scales[4:]}
+
+
+def _colorize(o: dict, rng, counts: np.ndarray, rgb: np.ndarray, mask: np.ndarray) -> dict:
+    """Colour a fractal's pixels: hue from its log point density plus a random shift on the full hue
+    circle, or (reference_colour) as the public code (kernels.colorize_opencv)."""
+    hue, sat, val = rng.random(), rng.uniform(*o["saturation"]), rng.uniform(*o["value"])
+    if o["reference_colour"]:
+        hue, sat, val = hue * 255.0, float(int(sat * 255)), float(int(val * 255))
+        kernels.colorize_opencv(counts, hue, sat, val, rgb, mask)
+    else:
+        kernels.colorize(counts, hue, sat, val, rgb, mask)
+    return {"hue": hue, "saturation": sat, "value": val}
 
 
 def _blur(o: dict, rng, image: np.ndarray):
@@ -251,15 +296,26 @@ def _render_single(spec: DatasetSpec, index: int) -> Sample:
         if ok and np.count_nonzero(counts) >= o["min_fill"] * counts.size:
             break
     image, background = _background(o, rng, size)
-    hue, sat, val = rng.random(), rng.uniform(*o["saturation"]), rng.uniform(*o["value"])
-    kernels.colorize(counts, hue, sat, val, image, np.zeros((size, size), np.bool_))
+    colour = _colorize(o, rng, counts, image, np.zeros((size, size), np.bool_))
     image, sigma = _blur(o, rng, image)
     meta = {"index": index, "cls": cls, "classes": [cls], "system": cls, "attempt": attempt,
             "params": params.tolist(), "patch": patch.ravel().tolist(), "chaos_seed": seed,
             "window": [float(wx), float(wy)], "shift": [float(sx), float(sy)],
             "flip": {"horizontal": fx, "vertical": fy, "transpose": tr},
-            "colour": {"hue": hue, "saturation": sat, "value": val}, "background": background, "blur": sigma}
+            "colour": colour, "background": background, "blur": sigma}
     return Sample(f"{index:09d}", image, cls, [cls], meta)
+
+
+def _half_resolution_instance(o: dict, rng, spec: DatasetSpec, c: int, seed: int, flips, patch, side: int):
+    """An instance as the public code makes it (reference_resize): drawn at half the image size with all
+    the points, coloured, then resized bilinearly to `side` (its edges blend with black); (rgb, mask)."""
+    half = max(4, o["size"] // 2)
+    ok, counts = kernels.render_counts(spec.systems[c], spec._thresholds[c], o["points"], seed, half, half,
+                                       1.0, 1.0, 0.0, 0.0, *flips, patch)
+    rgb = np.zeros((half, half, 3), np.uint8)
+    _colorize(o, rng, counts, rgb, np.zeros((half, half), np.bool_))
+    rgb = kernels.resize_bilinear(rgb, side)
+    return rgb, rgb.any(axis=2)
 
 
 def _render_multi(spec: DatasetSpec, index: int) -> Sample:
@@ -279,11 +335,15 @@ def _render_multi(spec: DatasetSpec, index: int) -> Sample:
             patch = _random_patch(rng)
             fx, fy, tr = _flips(o, rng)
             seed = kernel_seed(rng)
-            ok, counts = kernels.render_counts(spec.systems[c], spec._thresholds[c], points, seed,
-                                               side, side, 1.0, 1.0, 0.0, 0.0, fx, fy, tr, patch)
-            rgb = np.zeros((side, side, 3), np.uint8)
-            mask = np.zeros((side, side), np.bool_)
-            kernels.colorize(counts, rng.random(), rng.uniform(*o["saturation"]), rng.uniform(*o["value"]), rgb, mask)
+            if o["reference_resize"]:
+                points = o["points"]
+                rgb, mask = _half_resolution_instance(o, rng, spec, c, seed, (fx, fy, tr), patch, side)
+            else:
+                ok, counts = kernels.render_counts(spec.systems[c], spec._thresholds[c], points, seed,
+                                                   side, side, 1.0, 1.0, 0.0, 0.0, fx, fy, tr, patch)
+                rgb = np.zeros((side, side, 3), np.uint8)
+                mask = np.zeros((side, side), np.bool_)
+                _colorize(o, rng, counts, rgb, mask)
             # centre anywhere in the frame: the instance may hang partly outside it
             top = int(rng.integers(size)) - side // 2
             left = int(rng.integers(size)) - side // 2
@@ -327,14 +387,21 @@ class Kind:
     notes: tuple = ()  # card notes for this kind (where it follows / deviates from the official code)
 
 
-_COLOUR_DEFAULTS = {"blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0]}
+# reference_colour / reference_background: colour as the public code does, OpenCV hue range included
+# (for comparisons with it, benchmarks/fidelity.py; off by default, see the card notes)
+_COLOUR_DEFAULTS = {"blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0],
+                    "reference_colour": False, "reference_background": False}
 KIND_TABLE = {
-    "fractaldb": Kind({"color": False, "flips": True, "min_fill": 0.02}, _searched_systems, _render_fractaldb,
-                      searched=True, channels=lambda o: 3 if o["color"] else 1),
+    # official_draw: draw as the official renderer (per-point random patches, gray 127, 6-px margin; off by
+    # default: one random patch per image, white, no margin)
+    "fractaldb": Kind({"color": False, "flips": True, "min_fill": 0.02, "official_draw": False}, _searched_systems,
+                      _render_fractaldb, searched=True, channels=lambda o: 3 if o["color"] else 1,
+                      check=_check_fractaldb),
     "single": Kind({"window": [0.5, 2.0], "shift": 0.2, "flips": True, "jitter": 0.0, "background": True,
                     **_COLOUR_DEFAULTS, "min_fill": 0.002}, _sigma_systems, _render_single),
+    # reference_resize: instances drawn at half size and resized bilinearly, as the public code (off by default)
     "multi": Kind({"objects": [1, 5], "object_size": [0.15, 0.6], "flips": True, "background": True,
-                   **_COLOUR_DEFAULTS, "min_visible": 0.1, "min_object_points": 5_000}, _sigma_systems, _render_multi,
+                   "reference_resize": False, **_COLOUR_DEFAULTS, "min_visible": 0.1, "min_object_points": 5_000}, _sigma_systems, _render_multi,
                   multilabel=True),
     "rcdb": Kind(contours.RCDB_DEFAULTS, contours.make_class_params, contours.render_contour_sample,
                  channels=lambda o: 1, check=contours.check_options, load_systems=contours.load_class_params,

@@ -116,3 +116,15 @@ def test_opencv_colouring_reads_hue_bytes_in_the_0_179_range():
     assert kernels.colorize_opencv(counts, 0.0, 255.0, 255.0, rgb, mask) == 2
     # byte 255 -> 255 / 180 of the circle = 150 degrees; byte 127 (0.5 * 255, truncated) -> 254 degrees
     assert rgb[0, 0].tolist() == [0, 255, 128] and rgb[0, 1].tolist() == [60, 0, 255] and mask.tolist() == [[1, 1, 0]]
+
+
+def test_resize_bilinear_identity_constant_and_midpoint():
+    from fractalgen import kernels
+
+    rng = np.random.default_rng(4)
+    a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert np.array_equal(kernels.resize_bilinear(a, 8), a)
+    assert (kernels.resize_bilinear(np.full((8, 8, 3), 77, np.uint8), 13) == 77).all()
+    two = np.array([[[0], [100]]], np.uint8).repeat(2, 0)  # 2x2, columns 0 and 100
+    # 4 px wide: sample x = (i + 0.5) / 2 - 0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped 1)
+    assert kernels.resize_bilinear(two, 4)[0, :, 0].tolist() == [0, 25, 75, 100]
