@@ -124,6 +124,27 @@ def test_head_lr_scale_multiplies_the_head_lr_only():
 # --- run folders ----------------------------------------------------------------------------------
 
 
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(tmp_path, monkeypatch, capsys):
+    from common import engine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert engine.cpu_has_native_bf16(str(cpuinfo)) is False
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16\n")
+    assert engine.cpu_has_native_bf16(str(cpuinfo)) is True
+    assert engine.cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    from accelerate.state import AcceleratorState
+
+    cfg = {"precision": "bf16", "device": "cpu", "grad_accum": 1}
+    for native, precision, warned in ((False, "bf16", True), (True, "bf16", False), (None, "bf16", False),
+                                      (False, "no", False)):
+        monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda native=native: native)
+        AcceleratorState._reset_state(reset_partial_state=True)  # one mixed-precision setting per process
+        engine.make_accelerator({**cfg, "precision": precision})
+        assert ("precision=bf16 on a CPU without native bf16" in capsys.readouterr().out) == warned
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def test_run_folder_rules(tmp_path):
     acc = Accelerator(cpu=True)
     run = tmp_path / "run"
