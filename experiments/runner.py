@@ -14,7 +14,9 @@ writes one sbatch script per step and DIR/submit.sh, which chains them with afte
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
+import threading
 import time
 
 from common.config import load_config
@@ -132,8 +134,19 @@ def restored_process_state():
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with restored_process_state() if args.smoke else contextlib.nullcontext():
-        _main(args)
+    # a scheduler's or `kill`'s SIGTERM ends the experiment as Ctrl-C does: its running steps are stopped
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        with restored_process_state() if args.smoke else contextlib.nullcontext():
+            _main(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _main(args) -> None:

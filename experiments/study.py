@@ -60,6 +60,13 @@ class Study:
         if self.in_process:
             return self._run_here(todo)
         running, failed = [], []
+        try:
+            self._run_jobs(todo, running, failed)
+        except BaseException:
+            _stop(running)  # Ctrl-C / SIGTERM / an error here: no step outlives the experiment
+            raise
+
+    def _run_jobs(self, todo: list, running: list, failed: list) -> None:
         while todo or running:
             while len(running) < self.jobs and not failed:
                 ready = [step for step in todo if all(os.path.exists(n) for n in step[2])]
@@ -116,6 +123,21 @@ class Study:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
         return {"proc": proc, "cmd": cmd, "name": name, "log": log, "log_path": log_path, "start": time.time()}
+
+
+def _stop(running: list, grace: float = 20.0) -> None:
+    """End the running steps: SIGTERM (a step resumes from its last checkpoint), SIGKILL after `grace` s."""
+    for job in running:
+        if job["proc"].poll() is None:
+            job["proc"].terminate()
+    deadline = time.time() + grace
+    for job in running:
+        try:
+            job["proc"].wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            job["proc"].kill()
+            job["proc"].wait()
+        print(f"[experiment] stopped: {job['name']} (re-run the experiment to resume it)", file=sys.stderr, flush=True)
 
 
 def call(cmd: list[str]) -> None:

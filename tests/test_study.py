@@ -101,6 +101,39 @@ def test_steps_wait_for_what_they_need_and_others_fill_the_slots(tmp_path):
         s.run_all([step("orphan", 0, needs="nothing")])
 
 
+def test_sigterm_stops_the_running_steps_with_the_experiment(tmp_path):
+    """A scheduler's SIGTERM (or Ctrl-C) to the runner ends its running steps too, instead of leaving
+    them training as orphans; one line, exit 130, and a re-run resumes."""
+    import signal
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    step = (f"import os, time; open(os.path.join({str(pids)!r}, str(os.getpid())), 'w').close(); "
+            f"time.sleep(300)")
+    script = (f"import signal, sys\n"
+              f"from common.errors import run_main\n"
+              f"from experiments.runner import _interrupt\n"
+              f"from experiments.study import Study\n"
+              f"signal.signal(signal.SIGTERM, _interrupt)\n"
+              f"steps = [([sys.executable, '-c', {step!r}], {str(tmp_path)!r} + f'/never{{i}}', []) for i in range(3)]\n"
+              f"run_main(Study(out={str(tmp_path / 'out')!r}, jobs=2).run_all, steps)\n")
+    runner = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(os.listdir(pids)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    children = [int(p) for p in os.listdir(pids)]
+    assert len(children) == 2, "both slots should be running"
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted", err
+    assert err.count("stopped:") == 2 and "Traceback" not in err
+    for pid in children:  # reaped by the runner: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_finetune_recipe_shared_then_per_model_then_per_regime(tmp_path):
     from experiments.plan import Plan
     from experiments.schema import check_experiment
