@@ -10,6 +10,7 @@ train a small CNN to tell the two apart on held-out images (ROC AUC; 0.5 = indis
         --work /tmp/fid/work --out docs/fidelity
     python benchmarks/fidelity.py --kind fractaldb --ref /tmp/ref_fdb ... --option official_draw=true --tag official
     python benchmarks/fidelity.py --kind search --ref /tmp/ref_fdb ...       # FractalDB category search only
+    python benchmarks/fidelity.py --kind report --out docs/fidelity          # markdown tables of the JSONs
 
 Steps (--steps, default render,stats,test): render skips an existing .npz in --work. Heavy loops are
 single-threaded (torch.set_num_threads(1)); run under `nice -n 10` on a shared machine. See docs/fidelity.md.
@@ -24,7 +25,7 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("single", "multi", "fractaldb", "search")
+KINDS = ("single", "multi", "fractaldb", "search", "report")
 FDB_CLASSES = 10  # reference FractalDB classes rendered (its renderer is ~0.1 ms per point)
 
 
@@ -55,13 +56,17 @@ def fractaldb_reference_systems(ref):
 
 
 def ours_spec(kind, args):
+    """fractalgen's spec at the reference run's settings; --reference-systems: with the reference run's
+    sampled systems instead of fractalgen's (to separate the system sampling from the rendering)."""
     from fractalgen.kinds import DatasetSpec
 
     options = {"size": args.size, "points": args.points, "seed": args.seed, **args.options}
-    if kind == "single":  # one fresh system per image, as the reference run
-        return DatasetSpec.create("single", args.n, args.n, **options)
-    if kind == "multi":
-        return DatasetSpec.create("multi", args.n, 1000, **options)
+    if kind in ("single", "multi"):  # single: one fresh system per image, as the reference run
+        spec = DatasetSpec.create(kind, args.n, args.n if kind == "single" else 1000, **options)
+        if args.reference_systems:
+            systems = load(os.path.join(args.work, f"{kind}_ref.npz"))["systems"]
+            spec = DatasetSpec(spec.options, [np.asarray(s, np.float64) for s in systems][: spec.num_classes])
+        return spec
     systems = fractaldb_reference_systems(args.ref)[:FDB_CLASSES]  # the same class systems on both sides
     return DatasetSpec.create("fractaldb", args.n, FDB_CLASSES, systems=systems, **options)
 
@@ -145,6 +150,15 @@ def rgb_to_hsv(rgb):
     return np.stack([h, s, v], -1)
 
 
+def hue_steps(images, masks, limit=400):
+    """Hue change between horizontally adjacent fractal pixels (fraction of the circle, 0-0.5), over the
+    first `limit` images: how speckled the colouring is."""
+    hue = rgb_to_hsv(images[:limit])[..., 0]
+    both = masks[:limit, :, 1:] & masks[:limit, :, :-1]
+    d = np.abs(hue[:, :, 1:] - hue[:, :, :-1])
+    return np.minimum(d, 1.0 - d)[both]
+
+
 def histogram(values, bins, lo, hi):
     """Normalised histogram (sums to 1; zeros when there are no values)."""
     h, _ = np.histogram(values, bins=bins, range=(lo, hi))
@@ -175,6 +189,7 @@ def side_stats(data):
            "bg_mean": summary([g[~m].mean() for g, m in zip(gray, masks) if (~m).any()]),
            "bg_std": summary([g[~m].std() for g, m in zip(gray, masks) if (~m).any()])}
     if images.shape[-1] == 3:
+        out["fg_hue_step"] = summary(hue_steps(images, masks))
         for name, px in (("fg", fg), ("bg", bg)):
             hsv = rgb_to_hsv(px)
             out[f"{name}_hue_hist"] = histogram(hsv[:, 0], 36, 0, 1)
@@ -214,7 +229,8 @@ def small_cnn(channels):
     def block(cin, cout, stride):
         return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-    return nn.Sequential(*block(channels, 16, 1), *block(16, 32, 2), *block(32, 64, 2), *block(64, 64, 2),
+    # the first layer's stride-2 3x3 windows still see every pixel; ~3.5 M multiply-adds per 64 px image
+    return nn.Sequential(*block(channels, 16, 2), *block(16, 32, 2), *block(32, 64, 2), *block(64, 64, 1),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
 
 
@@ -308,57 +324,111 @@ def contact_sheet(ours, ref, path, title, rows=4, cols=8):
 
 # ---------------------------------------------------------------- FractalDB category search
 
+def reference_candidates(n, seed=1):
+    """The first n candidates of Kataoka et al.'s seeded search (param_search/ifs_search.py, seed 1) as
+    (a, b, c, d, e, f) arrays: 2-7 maps, 6 parameters U(-1, 1) each; each candidate's render then draws
+    100,000 numbers from the same np.random stream, which is advanced here without rendering."""
+    rs = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        m = rs.randint(2, 8)
+        out.append(np.array([rs.uniform(-1.0, 1.0, 6) for _ in range(m)]))
+        rs.random_sample(100_000)
+    return out
+
+
 def search_stats(args):
-    """Acceptance rate and filling-rate distributions of the two FractalDB searches."""
+    """Acceptance rate and filling-rate distributions of the two FractalDB searches, every candidate
+    measured the same way (fractalgen's filling rate: 512 px, 100k points)."""
     from tqdm import tqdm
 
-    from fractalgen.systems import fractaldb_candidate, filling_rate
     from fractalgen.search import search
+    from fractalgen.systems import filling_rate, fractaldb_candidate
 
-    ref_path = os.path.join(args.work, "ref_search.npz")
-    if not os.path.exists(ref_path):
-        cmd = [args.ref_python, os.path.join(HERE, "fidelity_ref.py"), "search", args.ref, ref_path, "--n",
-               str(args.search_candidates), "--seed", "1"]
-        if subprocess.run(cmd).returncode != 0:
-            raise Bad(f"the reference search failed: {' '.join(cmd)}")
-    ref = load(ref_path)
+    n = args.search_candidates
+    ref_systems = reference_candidates(n)
+    ref_rates = np.array([filling_rate(s, 512, 100_000, 1) for s in tqdm(ref_systems, desc="reference candidates",
+                                                                         file=sys.stderr)])
     ours_rates = np.array([fractaldb_candidate(args.seed, k, 512, 100_000)[1]
-                           for k in tqdm(range(args.search_candidates * 5), desc="fractalgen candidates", file=sys.stderr)])
-    ours_systems, info = search(args.search_classes, seed=args.seed, progress=False)
+                           for k in tqdm(range(n), desc="fractalgen candidates", file=sys.stderr)])
     published = fractaldb_reference_systems(args.ref)
-    # the accepted systems' filling rate measured one way (fractalgen's 512 px / 100k-point render)
-    pub_fill = [filling_rate(s, 512, 100_000, 1) for s in tqdm(published[: args.search_classes], desc="published fill",
-                                                               file=sys.stderr)]
+    # which candidates the original search accepted (with its own renderer): those among the published files
+    key = lambda a: tuple(np.round(np.asarray(a).ravel(), 12))  # noqa: E731
+    published_keys = {key(p) for p in published}
+    theirs = np.array([key(c) in published_keys for c in ref_systems])
+    ours_measure = ref_rates >= 0.2
+    ours_systems, info = search(args.search_classes, seed=args.seed, progress=False)
     ours_fill = [filling_rate(s, 512, 100_000, 1) for s in ours_systems]
-    return {"reference": {"candidates": len(ref["rates"]), "acceptance": float((ref["rates"] >= 0.2).mean()),
-                          "candidate_fill": summary(ref["rates"]), "candidate_fill_hist": histogram(ref["rates"], 25, 0, 0.5),
-                          "seconds_per_candidate": float(ref["seconds"] / len(ref["rates"])),
-                          "published_sigma_factor": summary(sigma_factors(published)),
-                          "published_maps": np.bincount([len(s) for s in published], minlength=9).tolist(),
-                          "published_fill": summary(pub_fill), "published_fill_hist": histogram(pub_fill, 20, 0.2, 0.6)},
-            "ours": {"candidates": len(ours_rates), "acceptance": float((ours_rates >= 0.2).mean()),
-                     "candidate_fill": summary(ours_rates), "candidate_fill_hist": histogram(ours_rates, 25, 0, 0.5),
-                     "search_acceptance": args.search_classes / info["search"]["candidates_tried"],
-                     "searched_sigma_factor": summary(sigma_factors(ours_systems)),
-                     "searched_maps": np.bincount([len(s) for s in ours_systems], minlength=9).tolist(),
-                     "searched_fill": summary(ours_fill), "searched_fill_hist": histogram(ours_fill, 20, 0.2, 0.6)}}
+    pub_fill = [filling_rate(s, 512, 100_000, 1) for s in published[: args.search_classes]]
+
+    def side(rates, systems, fill):
+        return {"candidates": len(rates), "acceptance": float((rates >= 0.2).mean()), "candidate_fill": summary(rates),
+                "candidate_fill_hist": histogram(rates, 25, 0, 0.5), "accepted_sigma_factor": summary(sigma_factors(systems)),
+                "accepted_maps": np.bincount([len(s) for s in systems], minlength=9).tolist(),
+                "accepted_fill": summary(fill), "accepted_fill_hist": histogram(fill, 20, 0.2, 0.6)}
+
+    return {"reference": {**side(ref_rates, published[: args.search_classes], pub_fill),
+                          "acceptance_original_renderer": float(theirs.mean()),
+                          "accepted_by_both": int((theirs & ours_measure).sum()),
+                          "accepted_only_by_original": int((theirs & ~ours_measure).sum()),
+                          "accepted_only_by_fractalgen_measure": int((~theirs & ours_measure).sum())},
+            "ours": {**side(ours_rates, ours_systems, ours_fill),
+                     "search_acceptance": args.search_classes / info["search"]["candidates_tried"]}}
 
 
 def plot_search(result, path):
     from common.plots import plt, save
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    r, o = result["reference"], result["ours"]
-    for ax, (kr, ko, title) in zip(axes, (("candidate_fill_hist", "candidate_fill_hist", "filling rate, all candidates"),
-                                          ("published_fill_hist", "searched_fill_hist", "filling rate, accepted classes"),
-                                          ("published_maps", "searched_maps", "maps per accepted class"))):
-        for h, c, name in ((o[ko], "C0", "fractalgen"), (r[kr], "C1", "reference")):
-            h = np.asarray(h, float) / max(np.sum(h), 1)
+    for ax, (key, title) in zip(axes, (("candidate_fill_hist", "filling rate, all candidates (0-0.5)"),
+                                       ("accepted_fill_hist", "filling rate, accepted classes (0.2-0.6)"),
+                                       ("accepted_maps", "maps per accepted class"))):
+        for side, c, name in (("ours", "C0", "fractalgen"), ("reference", "C1", "reference (published)")):
+            h = np.asarray(result[side][key], float)
+            h = h / max(h.sum(), 1)
             ax.step(np.arange(len(h)), h, where="mid", color=c, label=name)
         ax.set_title(title)
     axes[0].legend()
     fig.tight_layout()
     save(fig, path)
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt(st, key, field="mean", scale=1.0, digits=3):
+    v = st.get(key, {}).get(field)
+    return "-" if v is None else f"{v * scale:.{digits}f}"
+
+
+def _tv(tv, key, side):
+    return "" if side == "reference" else ("-" if key not in tv else f"{tv[key]:.2f}")
+
+
+def report(out):
+    """Markdown tables of every {kind}[_{tag}].json in `out` (the numbers docs/fidelity.md quotes)."""
+    rows = ["| run | held-out AUC (train) | sigma factor mean | pixels covered mean | fg intensity mean | "
+            "bg mean / std | fg hue step median | TV fg hue | TV bg value |", "|" + "---|" * 9]
+    for name in sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json") and f != "search.json"):
+        r = json.load(open(os.path.join(out, name + ".json")))
+        if "ours" not in r:
+            continue
+        ts = r.get("two_sample", {})
+        auc = f"{ts['test_auc']:.3f} ({ts['train_auc']:.3f})" if ts else "-"
+        tv = r["total_variation"]
+        for side in ("ours", "reference"):
+            st = r[side]
+            label = f"{name} {'fractalgen' if side == 'ours' else 'reference'}"
+            rows.append(f"| {label} | {auc if side == 'ours' else ''} | {_fmt(st, 'sigma_factor', digits=2)} | "
+                        f"{_fmt(st, 'coverage')} | {_fmt(st, 'fg_intensity', digits=1)} | "
+                        f"{_fmt(st, 'bg_mean', digits=1)} / {_fmt(st, 'bg_std', digits=1)} | "
+                        f"{_fmt(st, 'fg_hue_step', 'median')} | "
+                        f"{_tv(tv, 'fg_hue_hist', side)} | {_tv(tv, 'bg_val_hist', side)} |")
+        if "instance_counts" in r["ours"]:
+            for side in ("ours", "reference"):
+                c = np.asarray(r[side]["instance_counts"][1:6], float)
+                rows.append(f"| {name} {side} instances 1-5 | {' / '.join(f'{x / c.sum():.2f}' for x in c)} | size "
+                            f"{_fmt(r[side], 'instance_sizes', 'median', digits=2)} (median) |||||||")
+    print("\n".join(rows))
 
 
 # ---------------------------------------------------------------- main
@@ -384,7 +454,8 @@ def run(args):
         with open(os.path.join(args.out, "search.json"), "w") as f:
             json.dump(result, f, indent=1)
         plot_search(result, os.path.join(args.out, "search.png"))
-        print(json.dumps({k: {kk: v[kk] for kk in ("candidates", "acceptance")} for k, v in result.items()}))
+        print(json.dumps({k: {kk: v[kk] for kk in v if "acceptance" in kk or kk.startswith("accepted_")
+                                if not kk.endswith(("_hist", "_fill", "_factor", "_maps"))} for k, v in result.items()}))
         return
     tag = f"_{args.tag}" if args.tag else ""
     ref_path = os.path.join(args.work, f"{args.kind}_ref.npz")
@@ -420,9 +491,9 @@ def run(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kind", required=True, choices=KINDS)
-    p.add_argument("--ref", required=True, help="reference checkout (fractal-pretraining, or FractalDB's for fractaldb/search)")
+    p.add_argument("--ref", default="", help="reference checkout (fractal-pretraining, or FractalDB's for fractaldb/search)")
     p.add_argument("--ref-python", default="/tmp/refvenv_catalys/bin/python", help="python of the reference venv")
-    p.add_argument("--work", required=True, help="folder for the rendered .npz arrays")
+    p.add_argument("--work", default="", help="folder for the rendered .npz arrays")
     p.add_argument("--out", default="docs/fidelity", help="folder for the JSON and pictures")
     p.add_argument("--n", type=int, default=5000, help="images per side")
     p.add_argument("--size", type=int, default=64)
@@ -431,16 +502,22 @@ def main(argv=None):
     p.add_argument("--option", action="append", help="fractalgen render option key=value (repeatable)")
     p.add_argument("--tag", default="", help="name of this fractalgen variant (file suffix)")
     p.add_argument("--steps", default="render,stats,test")
+    p.add_argument("--reference-systems", action="store_true",
+                   help="single/multi: fractalgen renders the reference run's systems (render it first)")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--search-candidates", type=int, default=400, help="reference candidates (ours: 5x)")
+    p.add_argument("--search-candidates", type=int, default=3000, help="candidates per side (search)")
     p.add_argument("--search-classes", type=int, default=100)
     args = p.parse_args(argv)
     try:
+        if args.kind == "report":
+            return report(args.out)
         args.options = parse_options(args.option)
         if args.n < 10 or args.size < 16:
             raise Bad("--n must be >= 10 and --size >= 16")
         if not os.path.isdir(args.ref):
-            raise Bad(f"--ref {args.ref} is not a folder (the reference checkout)")
+            raise Bad(f"--ref {args.ref!r} is not a folder (the reference checkout)")
+        if not args.work:
+            raise Bad("--work FOLDER is needed (where the rendered arrays go)")
         unknown = set(args.steps.split(",")) - {"render", "stats", "test"}
         if unknown:
             raise Bad(f"--steps: unknown {', '.join(sorted(unknown))}; use render,stats,test")

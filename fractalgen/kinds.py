@@ -191,9 +191,15 @@ def _render_fractaldb(spec: DatasetSpec, index: int) -> Sample:
 
 def _official_draw(o: dict, params: np.ndarray, th: np.ndarray, seed: int, patch_seed: int, flip: int):
     """(ok, image) drawn as the official FractalDB renderer's draw_patch: a random 3x3 patch per point
-    pasted in order, 6-px margin, gray 127, probabilities of the unweighted class system; then flipped."""
-    ok, image = kernels.render_random_patches(params, th, o["points"], seed, patch_seed, o["size"], fewimage.PAD,
+    pasted in order, gray 127, probabilities of the unweighted class system, and its geometry: the box
+    maps onto pixels [6, S - 6] (one more than fewimage's [6, S - 7]) and PIL pastes a patch's corner 1 px
+    right of / below the point's pixel before the image is flipped to y up, so the drawing sits 2 px right
+    of and 3 px above a centred drawing at S + 1 px; then flipped."""
+    size = o["size"]
+    ok, drawn = kernels.render_random_patches(params, th, o["points"], seed, patch_seed, size + 1, fewimage.PAD,
                                               np.uint8(fewimage.GRAY))
+    image = np.zeros((size, size), np.uint8)
+    image[:size - 2, 2:] = drawn[3:, :size - 2]
     image = image[:, ::-1] if flip & 1 else image
     return ok, np.ascontiguousarray(image[::-1] if flip & 2 else image)
 

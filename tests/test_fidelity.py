@@ -63,7 +63,7 @@ def test_stats_json_has_the_fields(tmp_path):
     ours, ref = fidelity.side_stats(_fake_side(rng, multi=True)), fidelity.side_stats(_fake_side(rng, multi=True))
     result = fidelity.compare(ours, ref)
     for key in ("sigma_factor", "maps", "coverage", "fg_intensity_hist", "fg_hue_hist", "fg_sat_hist", "fg_val_hist",
-                "bg_hue_hist", "bg_val_hist", "bg_mean", "bg_std", "instance_counts", "instance_sizes"):
+                "bg_hue_hist", "bg_val_hist", "bg_mean", "bg_std", "fg_hue_step", "instance_counts", "instance_sizes"):
         assert key in result["ours"] and key in result["reference"], key
     assert result["ours"]["coverage"]["mean"] == pytest.approx(16 / 256)
     assert result["ours"]["sigma_factor"]["mean"] == pytest.approx(1.0 + 0.5 + 1.0)  # (0.5 + 0.5) + (0.5 + 1.0)
@@ -88,7 +88,7 @@ def test_gray_stats_and_identical_histograms():
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         fidelity.main(["--kind", "single", "--ref", str(tmp_path / "missing"), "--work", str(tmp_path)])
-    assert str(e.value).startswith("error: --ref")
+    assert str(e.value).startswith("error: --ref") and "\n" not in str(e.value)
 
 
 def test_fractalgen_reference_options_render():
@@ -105,7 +105,8 @@ def test_fractalgen_reference_options_render():
     system = np.array([[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0, 0.5]])
     fdb = DatasetSpec.create("fractaldb", 4, 1, systems=[system], size=32, points=3000, official_draw=True)
     image = render_sample(fdb, 0).image
-    assert set(np.unique(image)) == {0, 127} and not image[:5].any() and not image[:, -5:].any()  # margin
+    assert set(np.unique(image)) == {0, 127} and not image[:2].any() and not image[:, -2:].any()  # margin
+    assert not image[-7:].any() and not image[:, :7].any()  # the official paste offset: 2 px right and up
 
 
 def test_opencv_colouring_reads_hue_bytes_in_the_0_179_range():
@@ -128,3 +129,13 @@ def test_resize_bilinear_identity_constant_and_midpoint():
     two = np.array([[[0], [100]]], np.uint8).repeat(2, 0)  # 2x2, columns 0 and 100
     # 4 px wide: sample x = (i + 0.5) / 2 - 0.5 = -0.25 (clamped 0), 0.25, 0.75, 1.25 (clamped 1)
     assert kernels.resize_bilinear(two, 4)[0, :, 0].tolist() == [0, 25, 75, 100]
+
+
+def test_report_prints_a_markdown_row_per_side(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    result = fidelity.compare(fidelity.side_stats(_fake_side(rng)), fidelity.side_stats(_fake_side(rng)))
+    result["two_sample"] = {"test_auc": 0.61, "train_auc": 0.7}
+    (tmp_path / "single.json").write_text(json.dumps(result, default=float))
+    fidelity.report(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "| single fractalgen | 0.610 (0.700) |" in out and "| single reference |" in out
