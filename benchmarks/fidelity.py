@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("single", "multi", "fractaldb", "search", "report")
+KINDS = ("single", "multi", "fractaldb", "background", "search", "report")
 FDB_CLASSES = 10  # reference FractalDB classes rendered (its renderer is ~0.1 ms per point)
 
 
@@ -102,11 +102,26 @@ def fractal_mask(spec, meta):
     return mask
 
 
+def render_backgrounds(args, path):
+    """fractalgen's single-kind backgrounds alone (kinds._background with the run's options)."""
+    from tqdm import tqdm
+
+    from fractalgen.kinds import DatasetSpec, _background
+    from fractalgen.rng import generator
+
+    o = DatasetSpec.create("single", args.n, 1, size=args.size, seed=args.seed, **args.options).options
+    images = np.stack([_background(o, generator(args.seed, "fidelity-background", i), args.size)[0]
+                       for i in tqdm(range(args.n), desc="fractalgen background", file=sys.stderr)])
+    np.savez(path, images=images, masks=np.zeros(images.shape[:3], bool), systems=np.empty(0, object))
+
+
 def render_ours(kind, args, path):
     from tqdm import tqdm
 
     from fractalgen.kinds import render_sample
 
+    if kind == "background":
+        return render_backgrounds(args, path)
     spec = ours_spec(kind, args)
     images, masks, counts, sizes = [], [], [], []
     for i in tqdm(range(args.n), desc=f"fractalgen {kind}", file=sys.stderr):
@@ -182,7 +197,7 @@ def side_stats(data):
     bg = images[~masks]
     out = {"images": int(len(images)), "size": int(images.shape[1]), "channels": int(images.shape[-1]),
            "sigma_factor": summary(sigma_factors(data["systems"])),
-           "maps": np.bincount([len(s) for s in data["systems"]], minlength=9).tolist(),
+           "maps": np.bincount(np.array([len(s) for s in data["systems"]], int), minlength=9).tolist(),
            "coverage": summary(masks.reshape(len(masks), -1).mean(1)),
            "fg_intensity_hist": histogram(gray[masks], 32, 0, 256),
            "fg_intensity": summary(gray[masks]),

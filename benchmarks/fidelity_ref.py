@@ -7,6 +7,7 @@ code is part of this project.
     python benchmarks/fidelity_ref.py single|multi  /path/to/fractal-pretraining  OUT.npz --n 5000 --size 128
     python benchmarks/fidelity_ref.py fractaldb     /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz ...
     python benchmarks/fidelity_ref.py search        /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz --n 400
+    python benchmarks/fidelity_ref.py background    /path/to/fractal-pretraining OUT.npz --n 5000 --size 64
 
 Writes OUT.npz: images (n, S, S, C) uint8, masks (n, S, S) bool (fractal pixels before blur), systems
 (an object array of (maps, 6) arrays in fractalgen's (a, b, c, d, e, f) layout), per-image extras.
@@ -69,6 +70,18 @@ def single(path, n, size, points, seed, jitter):
         masks.append(mask)
         systems.append(as_rows(system))
     return {"images": np.stack(images), "masks": np.stack(masks), "systems": systems}
+
+
+def background(path, n, size, seed):
+    """The reference background alone (diamondsquare.colorized_ds at `size`), n of them."""
+    sys.path.insert(0, path)
+    from fractal_learning.fractals import diamondsquare
+
+    np.random.seed(seed)
+    seed_numba(seed)
+    images = np.stack([diamondsquare.colorized_ds(size) for _ in tqdm(range(n), desc="reference background",
+                                                                      file=sys.stderr)])
+    return {"images": images, "masks": np.zeros(images.shape[:3], bool), "systems": []}
 
 
 def multi(path, n, size, points, seed, classes, cache):
@@ -197,7 +210,7 @@ def search(path, n, seed):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search"])
+    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search", "background"])
     p.add_argument("path", help="the reference checkout")
     p.add_argument("out", help="output .npz")
     p.add_argument("--n", type=int, default=5000)
@@ -217,6 +230,8 @@ def main():
         out = multi(a.path, a.n, a.size, a.points, a.seed, a.classes, a.cache)
     elif a.kind == "fractaldb":
         out = fractaldb(a.path, a.n, a.size, a.points, a.seed, a.classes, a.weights)
+    elif a.kind == "background":
+        out = background(a.path, a.n, a.size, a.seed)
     else:
         out = search(a.path, a.n, a.seed)
     systems = np.empty(len(out["systems"]), object)

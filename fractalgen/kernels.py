@@ -293,9 +293,11 @@ def colorize(counts, hue_shift, sat, val, rgb, mask):
 
 
 @njit(cache=True)
-def plasma(n, roughness, seed, normalise=True):
+def plasma(n, roughness, seed, normalise=True, wrap=False):
     """Diamond-square plasma noise on an (n, n) grid, n = 2**k + 1, values in [0, 1] (normalise=False:
-    the raw field, corners in [0, 1] plus noise of amplitude 1, roughness, roughness**2 ... per level)."""
+    the raw field, corners in [0, 1] plus noise of amplitude 1, roughness, roughness**2 ... per level;
+    wrap=True: the square step's edge points average 4 neighbours on a torus of period n - 1, as the
+    public code's diamond_square, instead of the 3 inside the grid)."""
     g = np.zeros((n, n))
     s = np.uint64(seed)
     for yy in (0, n - 1):
@@ -312,6 +314,12 @@ def plasma(n, roughness, seed, normalise=True):
                 g[y, x] = avg + (u - 0.5) * amp
         for y in range(0, n, half):  # square step: edge midpoints
             for x in range((y + half) % step, n, step):
+                if wrap:
+                    m = n - 1
+                    s, u = _uniform(s)
+                    g[y, x] = 0.25 * (g[(y - half) % m, x] + g[(y + half) % m, x] + g[y, (x - half) % m]
+                                      + g[y, (x + half) % m]) + (u - 0.5) * amp
+                    continue
                 acc = 0.0
                 cnt = 0
                 if y >= half:

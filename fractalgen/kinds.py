@@ -241,12 +241,12 @@ def _background(o: dict, rng, size: int) -> tuple[np.ndarray, dict]:
 
 
 def _reference_background(rng, grid: int, size: int, image: np.ndarray) -> tuple[np.ndarray, dict]:
-    """The public code's background (diamondsquare.colorized_ds): the raw (unnormalised) plasma field
-    with decay U(0.4, 0.8), coloured by bytes hue x * U(0.25, 1) * 255 + U(0, 255), saturation
+    """The public code's background (diamondsquare.colorized_ds): the raw (unnormalised), edge-wrapped
+    plasma field with decay U(0.4, 0.8), coloured by bytes hue x * U(0.25, 1) * 255 + U(0, 255), saturation
     x * U(0.1, 0.3) * 255 + U(0.4, 0.6) * 255, value x * U(0.3, 0.6) * 255 + U(0.4, 0.6) * 255, read in
     OpenCV's 0-179 hue range (kernels.colorize_background_opencv)."""
     decay = rng.uniform(0.4, 0.8)
-    noise = kernels.plasma(grid + 1, float(np.exp(-decay)), kernel_seed(rng), False)[:size, :size]
+    noise = kernels.plasma(grid + 1, float(np.exp(-decay)), kernel_seed(rng), False, True)[:size, :size]
     scales = [rng.uniform(0.25, 1.0) * 255, rng.random() * 255, rng.uniform(0.1, 0.3) * 255,
               rng.uniform(0.4, 0.6) * 255, rng.uniform(0.3, 0.6) * 255, rng.uniform(0.4, 0.6) * 255]
     kernels.colorize_background_opencv(np.ascontiguousarray(noise), *scales, image)

@@ -139,3 +139,30 @@ def test_report_prints_a_markdown_row_per_side(tmp_path, capsys):
     fidelity.report(str(tmp_path))
     out = capsys.readouterr().out
     assert "| single fractalgen | 0.610 (0.700) |" in out and "| single reference |" in out
+
+
+def test_plasma_wrap_is_the_torus_diamond_square():
+    """plasma(..., normalise=False, wrap=True) against a plain-Python diamond-square on a torus of
+    period n - 1 (the public code's edge rule), fed the kernel's own random stream."""
+    from fractalgen import kernels
+
+    n, rough, seed = 9, 0.6, 12345
+    u = iter(kernels.xorshift_uniforms(seed, n * n))
+    g = np.zeros((n, n))
+    for y in (0, n - 1):
+        for x in (0, n - 1):
+            g[y, x] = next(u)
+    step, amp, m = n - 1, 1.0, n - 1
+    while step > 1:
+        half = step // 2
+        for y in range(half, n, step):
+            for x in range(half, n, step):
+                avg = (g[y - half, x - half] + g[y - half, x + half] + g[y + half, x - half] + g[y + half, x + half]) / 4
+                g[y, x] = avg + (next(u) - 0.5) * amp
+        for y in range(0, n, half):
+            for x in range((y + half) % step, n, step):
+                avg = (g[(y - half) % m, x] + g[(y + half) % m, x] + g[y, (x - half) % m] + g[y, (x + half) % m]) / 4
+                g[y, x] = avg + (next(u) - 0.5) * amp
+        step, amp = half, amp * rough
+    assert np.allclose(kernels.plasma(n, rough, seed, False, True), g)
+    assert not np.allclose(kernels.plasma(n, rough, seed, False, False), g)
