@@ -70,9 +70,10 @@ class DatasetSpec:
     @classmethod
     def from_card(cls, card: dict, root: str) -> "DatasetSpec":
         """The spec a dataset folder was rendered with (systems from its systems.json)."""
-        loader = KIND_TABLE[card["options"]["kind"]].load_systems
-        systems, info = loader(os.path.join(root, card.get("systems", "systems.json")))
-        return cls(copy.deepcopy(card["options"]), systems, info)
+        entry = KIND_TABLE[card["options"]["kind"]]
+        systems, info = entry.load_systems(os.path.join(root, card.get("systems", "systems.json")))
+        # options added after the card was written take their defaults (what that card's renderer did)
+        return cls({**copy.deepcopy(entry.defaults), **copy.deepcopy(card["options"])}, systems, info)
 
 
 def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:

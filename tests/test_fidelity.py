@@ -166,3 +166,15 @@ def test_plasma_wrap_is_the_torus_diamond_square():
         step, amp = half, amp * rough
     assert np.allclose(kernels.plasma(n, rough, seed, False, True), g)
     assert not np.allclose(kernels.plasma(n, rough, seed, False, False), g)
+
+
+def test_a_card_without_the_new_options_still_renders(tmp_path):
+    """Cards written before reference_colour / official_draw existed render as before (the defaults)."""
+    from fractalgen.kinds import DatasetSpec, render_sample
+    from fractalgen.systems import save_systems
+
+    spec = DatasetSpec.create("single", 4, 2, size=32, points=2000)
+    old = {k: v for k, v in spec.options.items() if k not in ("reference_colour", "reference_background")}
+    save_systems(str(tmp_path / "systems.json"), spec.systems, spec.systems_info)
+    again = DatasetSpec.from_card({"options": old}, str(tmp_path))
+    assert np.array_equal(render_sample(again, 1).image, render_sample(spec, 1).image)
