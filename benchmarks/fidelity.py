@@ -253,10 +253,20 @@ def two_sample_auc(a, b, test_frac=0.2, epochs=6, batch=64, seed=0, size=64, pro
     """Train a small CNN to tell images `a` (label 0) from `b` (label 1) on a random (1 - test_frac)
     of each and return (held-out ROC AUC, train AUC) at the last epoch."""
     import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared machine; put back after, so a caller's own runs keep their threads
+    try:
+        return _train_two_sample(a, b, test_frac, epochs, batch, seed, size, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_two_sample(a, b, test_frac, epochs, batch, seed, size, progress):
+    import torch
     from sklearn.metrics import roc_auc_score
     from tqdm import tqdm
 
-    torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if a.shape[1:] != b.shape[1:]:

@@ -302,7 +302,10 @@ def test_ctrl_c_one_line_exit_130_checkpoint_intact(tmp_path, imagefolder):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "finetune.main", "--config", CFG, *QUICK, "epochs=200",
                              "checkpoint_every=1", "--data", imagefolder, "--out", str(run)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (nohup, `&`) ignores SIGINT, and a child
+                            # inherits that: give it the terminal's default, as Ctrl-C finds it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "checkpoints" / "latest").exists():
         time.sleep(0.1)
