@@ -114,6 +114,27 @@ def test_other_options_refused_unless_overwrite(tmp_path, capsys):
     assert load_card(str(tmp_path))["seed"] == 1
 
 
+def test_a_folder_started_before_new_options_existed_resumes(tmp_path, capsys):
+    """A job.json without an option added since (here the fidelity options) is the same job at that
+    option's default: the upgraded renderer finishes the folder instead of refusing it."""
+    base = ["render", "--kind", "single", "--n", "6", "--shard-size", "3", "--workers", "1", "--out", str(tmp_path), *FAST]
+    assert main(base) == 0
+    job_path = tmp_path / ".fractalgen" / "job.json"
+    job = json.loads(job_path.read_text())
+    for key in ("reference_colour", "reference_background"):
+        assert job["options"].pop(key) is False
+    job_path.write_text(json.dumps(job))
+    last = tmp_path / "single-000001.tar"
+    before = last.read_bytes()
+    last.unlink()  # the folder is unfinished: one shard left to render
+    (tmp_path / "dataset.json").unlink()
+    for receipt in (tmp_path / ".fractalgen" / "receipts").glob("single-000001*"):
+        receipt.unlink()
+    capsys.readouterr()
+    assert main(base) == 0, capsys.readouterr().err
+    assert last.read_bytes() == before and load_card(str(tmp_path))["n"] == 6
+
+
 def test_verify_names_first_bad_shard(tmp_path, capsys):
     assert main(["render", "--kind", "single", "--n", "9", "--shard-size", "3", "--workers", "1",
                  "--out", str(tmp_path), *FAST]) == 0
