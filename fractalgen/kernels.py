@@ -266,16 +266,9 @@ def _palette(hue_shift, sat, val, cmax):
 
 
 @njit(cache=True)
-def colorize(counts, hue_shift, sat, val, rgb, mask):
-    """Colour the fractal pixels (counts > 0) of rgb (H, W, 3 uint8) in place and mark them in mask.
-
-    Uses a full 0-1 hue circle (the public code's OpenCV 0-179 range makes some hues twice as
-    likely). Counts above 4095 share the top colour. Returns the number of fractal pixels.
-    """
-    cmax = counts.max()
-    if cmax <= 0:
-        return 0
-    lut = _palette(hue_shift, sat, val, cmax)
+def paint(counts, lut, rgb, mask):
+    """Colour the fractal pixels (counts > 0) of rgb (H, W, 3 uint8) in place from lut (count -> RGB;
+    counts past its end take its last colour) and mark them in mask. Returns their number."""
     top = lut.shape[0] - 1
     h, w = counts.shape
     filled = 0
@@ -290,6 +283,19 @@ def colorize(counts, hue_shift, sat, val, rgb, mask):
                 mask[y, x] = True
                 filled += 1
     return filled
+
+
+@njit(cache=True)
+def colorize(counts, hue_shift, sat, val, rgb, mask):
+    """Colour the fractal pixels (counts > 0) of rgb (H, W, 3 uint8) in place and mark them in mask.
+
+    Uses a full 0-1 hue circle (the public code's OpenCV 0-179 range makes some hues twice as
+    likely). Counts above 4095 share the top colour. Returns the number of fractal pixels.
+    """
+    cmax = counts.max()
+    if cmax <= 0:
+        return 0
+    return paint(counts, _palette(hue_shift, sat, val, cmax), rgb, mask)
 
 
 @njit(cache=True)
@@ -360,20 +366,14 @@ def colorize_opencv(counts, hue_shift, sat, val, rgb, mask):
     cmax = counts.max()
     if cmax <= 0:
         return 0
-    h, w = counts.shape
-    filled = 0
-    for y in range(h):
-        for x in range(w):
-            c = counts[y, x]
-            if c > 0:
-                hue = _byte(c / cmax * 255.0 + hue_shift)
-                r, g, b = _hsv_to_rgb(hue / 180.0, sat / 255.0, val / 255.0)
-                rgb[y, x, 0] = np.uint8(r * 255.0 + 0.5)
-                rgb[y, x, 1] = np.uint8(g * 255.0 + 0.5)
-                rgb[y, x, 2] = np.uint8(b * 255.0 + 0.5)
-                mask[y, x] = True
-                filled += 1
-    return filled
+    lut = np.zeros((cmax + 1, 3), np.uint8)  # one colour per count, as the public code computes per pixel
+    for c in range(1, cmax + 1):
+        hue = _byte(c / cmax * 255.0 + hue_shift)
+        r, g, b = _hsv_to_rgb(hue / 180.0, sat / 255.0, val / 255.0)
+        lut[c, 0] = np.uint8(r * 255.0 + 0.5)
+        lut[c, 1] = np.uint8(g * 255.0 + 0.5)
+        lut[c, 2] = np.uint8(b * 255.0 + 0.5)
+    return paint(counts, lut, rgb, mask)
 
 
 @njit(cache=True)
