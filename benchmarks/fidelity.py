@@ -16,7 +16,6 @@ Steps (--steps, default render,stats,test): render skips an existing .npz in --w
 single-threaded (torch.set_num_threads(1)); run under `nice -n 10` on a shared machine. See docs/fidelity.md.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,13 +23,11 @@ import sys
 
 import numpy as np
 
+from common.errors import ArgumentParser, UserError, run_main
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 KINDS = ("single", "multi", "fractaldb", "background", "search", "report")
 FDB_CLASSES = 10  # reference FractalDB classes rendered (its renderer is ~0.1 ms per point)
-
-
-class Bad(Exception):
-    """Bad input: printed as one error line."""
 
 
 # ---------------------------------------------------------------- rendering
@@ -43,7 +40,7 @@ def render_reference(kind, args, path):
         cmd += ["--classes", str(FDB_CLASSES), "--weights", "0.1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     if subprocess.run(cmd, env=env).returncode != 0:
-        raise Bad(f"the reference run failed: {' '.join(cmd)}")
+        raise UserError(f"the reference run failed: {' '.join(cmd)}")
 
 
 def fractaldb_reference_systems(ref):
@@ -51,7 +48,7 @@ def fractaldb_reference_systems(ref):
     root = os.path.join(ref, "data", "csv_rate0.2_category1000")
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".csv"))
     if not files:
-        raise Bad(f"{root} has no class files; --ref must be the FractalDB-Pretrained-ResNet-PyTorch checkout")
+        raise UserError(f"{root} has no class files; --ref must be the FractalDB-Pretrained-ResNet-PyTorch checkout")
     return [np.loadtxt(f, delimiter=",")[:, :6] for f in files]
 
 
@@ -270,7 +267,7 @@ def _train_two_sample(a, b, test_frac, epochs, batch, seed, size, progress):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if a.shape[1:] != b.shape[1:]:
-        raise Bad(f"the two samples differ in shape: {a.shape[1:]} vs {b.shape[1:]}")
+        raise UserError(f"the two samples differ in shape: {a.shape[1:]} vs {b.shape[1:]}")
     x = to_tensor(np.concatenate([a, b]), size)
     y = torch.cat([torch.zeros(len(a)), torch.ones(len(b))])
     test = np.concatenate([rng.permutation(len(a))[: int(len(a) * test_frac)],
@@ -431,6 +428,8 @@ def _tv(tv, key, side):
 
 def report(out):
     """Markdown tables of every {kind}[_{tag}].json in `out` (the numbers docs/fidelity.md quotes)."""
+    if not os.path.isdir(out):
+        raise UserError(f"--out {out} is not a folder of fidelity results; run a kind into it first")
     rows = ["| run | held-out AUC (train) | sigma factor mean | pixels covered mean | fg intensity mean | "
             "bg mean / std | fg hue step median | TV fg hue | TV bg value |", "|" + "---|" * 9]
     for name in sorted(f[:-5] for f in os.listdir(out) if f.endswith(".json") and f != "search.json"):
@@ -463,7 +462,7 @@ def parse_options(pairs):
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise Bad(f"--option {pair!r} should be key=value")
+            raise UserError(f"--option {pair!r} should be key=value")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -493,7 +492,7 @@ def run(args):
             render_ours(args.kind, args, ours_path)
     for p in (ref_path, ours_path):
         if not os.path.exists(p):
-            raise Bad(f"{p} does not exist; run with --steps render first")
+            raise UserError(f"{p} does not exist; run with --steps render first")
     ours, ref = load(ours_path), load(ref_path)
     json_path = os.path.join(args.out, f"{args.kind}{tag}.json")
     result = json.load(open(json_path)) if os.path.exists(json_path) else {}
@@ -514,7 +513,7 @@ def run(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kind", required=True, choices=KINDS)
     p.add_argument("--ref", default="", help="reference checkout (fractal-pretraining, or FractalDB's for fractaldb/search)")
     p.add_argument("--ref-python", default="/tmp/refvenv_catalys/bin/python", help="python of the reference venv")
@@ -533,27 +532,20 @@ def main(argv=None):
     p.add_argument("--search-candidates", type=int, default=3000, help="candidates per side (search)")
     p.add_argument("--search-classes", type=int, default=100)
     args = p.parse_args(argv)
-    try:
-        if args.kind == "report":
-            return report(args.out)
-        args.options = parse_options(args.option)
-        if args.n < 10 or args.size < 16:
-            raise Bad("--n must be >= 10 and --size >= 16")
-        if not os.path.isdir(args.ref):
-            raise Bad(f"--ref {args.ref!r} is not a folder (the reference checkout)")
-        if not args.work:
-            raise Bad("--work FOLDER is needed (where the rendered arrays go)")
-        unknown = set(args.steps.split(",")) - {"render", "stats", "test"}
-        if unknown:
-            raise Bad(f"--steps: unknown {', '.join(sorted(unknown))}; use render,stats,test")
-        run(args)
-    except Bad as e:
-        sys.exit(f"error: {e}")
-    except Exception as e:  # fractalgen's UserError and the like: one line
-        if type(e).__name__ == "UserError":
-            sys.exit(f"error: {e}")
-        raise
+    if args.kind == "report":
+        return report(args.out)
+    args.options = parse_options(args.option)
+    if args.n < 10 or args.size < 16:
+        raise UserError("--n must be >= 10 and --size >= 16")
+    if not os.path.isdir(args.ref):
+        raise UserError(f"--ref {args.ref!r} is not a folder (the reference checkout)")
+    if not args.work:
+        raise UserError("--work FOLDER is needed (where the rendered arrays go)")
+    unknown = set(args.steps.split(",")) - {"render", "stats", "test"}
+    if unknown:
+        raise UserError(f"--steps: unknown {', '.join(sorted(unknown))}; use render,stats,test")
+    run(args)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # bad input, here or in fractalgen: one `error:` line, exit 2

@@ -86,9 +86,12 @@ def test_gray_stats_and_identical_histograms():
 
 
 def test_bad_input_is_one_error_line(tmp_path, capsys):
+    from common.errors import run_main
+
     with pytest.raises(SystemExit) as e:
-        fidelity.main(["--kind", "single", "--ref", str(tmp_path / "missing"), "--work", str(tmp_path)])
-    assert str(e.value).startswith("error: --ref") and "\n" not in str(e.value)
+        run_main(fidelity.main, ["--kind", "single", "--ref", str(tmp_path / "missing"), "--work", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --ref") and err.count("\n") == 1
 
 
 def test_fractalgen_reference_options_render():
