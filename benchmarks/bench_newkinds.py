@@ -32,6 +32,7 @@ from fractalgen.fewimage import GRAY, PAD
 from fractalgen.png import encode_png
 from fractalgen.rng import generator, kernel_seed
 from fractalgen.search import search
+from fractalgen.systems import probabilities
 
 
 def _median_rate(fn, images: int, rounds: int = 5) -> float:
@@ -93,12 +94,11 @@ def official_rate(repo: str, images: int) -> float:
     from ifs_function import ifs_function  # noqa: E402  (the official code, from the given checkout)
 
     spec = DatasetSpec.create("1p-frac", images, images, size=512, points=100_000)
-    base = np.asarray(spec.systems_info["base"])
-    det = np.abs(base[:, 0] * base[:, 3] - base[:, 1] * base[:, 2])
+    weights = probabilities(np.asarray(spec.systems_info["base"]))
     t = time.perf_counter()
     for c in range(images):
         gen = ifs_function(prev_x=0.0, prev_y=0.0, save_root="", fractal_name="", fractal_weight_count="")
-        for row, p in zip(spec.systems[c], det / det.sum()):
+        for row, p in zip(spec.systems[c], weights):
             gen.set_param(*map(float, row), float(p))
         gen.calculate(100_000)
         gen.draw_patch(512, 512, 6, 6, "gray", 0, threshold=0.05, imgsave=False)
@@ -118,8 +118,7 @@ def official_ofdb_rate(repo: str, images: int, systems: list) -> tuple[float, fl
             gen = official.ifs_function(prev_x=0.0, prev_y=0.0, save_root=out, fractal_name=str(c),
                                         fractal_weight_count="00")
             system = np.asarray(systems[c])
-            det = np.abs(system[:, 0] * system[:, 3] - system[:, 1] * system[:, 2])
-            for row, p in zip(system, det / det.sum()):
+            for row, p in zip(system, probabilities(system)):
                 gen.set_param(*map(float, row), float(p))
             gen.calculate(100_000)
             gen.draw_patch(512, 512, 6, 6, "gray", 0)  # writes the PNG, as make_2dofdb.py does

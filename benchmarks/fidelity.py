@@ -151,15 +151,9 @@ def sigma_factors(systems):
 
 def rgb_to_hsv(rgb):
     """(..., 3) uint8 RGB -> (..., 3) float HSV in [0, 1] (hue as a fraction of the full circle)."""
-    x = rgb.astype(np.float64) / 255.0
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(-1)
-    c = v - x.min(-1)
-    s = np.where(v > 0, c / np.maximum(v, 1e-12), 0.0)
-    safe = np.maximum(c, 1e-12)
-    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    h = np.where(c > 0, (h / 6.0) % 1.0, 0.0)
-    return np.stack([h, s, v], -1)
+    from matplotlib.colors import rgb_to_hsv as hsv
+
+    return hsv(rgb.astype(np.float64) / 255.0)
 
 
 def hue_steps(images, masks, limit=400):
