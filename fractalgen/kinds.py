@@ -70,10 +70,16 @@ class DatasetSpec:
     @classmethod
     def from_card(cls, card: dict, root: str) -> "DatasetSpec":
         """The spec a dataset folder was rendered with (systems from its systems.json)."""
-        entry = KIND_TABLE[card["options"]["kind"]]
-        systems, info = entry.load_systems(os.path.join(root, card.get("systems", "systems.json")))
-        # options added after the card was written take their defaults (what that card's renderer did)
-        return cls({**copy.deepcopy(entry.defaults), **copy.deepcopy(card["options"])}, systems, info)
+        loader = KIND_TABLE[card["options"]["kind"]].load_systems
+        systems, info = loader(os.path.join(root, card.get("systems", "systems.json")))
+        return cls(copy.deepcopy(with_new_defaults(card["options"])), systems, info)
+
+
+def with_new_defaults(options: dict) -> dict:
+    """Options written before some of their kind's options existed, with those at their defaults (what
+    the renderer that wrote them did): an older card or render folder reads as the same job."""
+    entry = KIND_TABLE.get(options.get("kind"))
+    return options if entry is None else {**entry.defaults, **options}
 
 
 def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:

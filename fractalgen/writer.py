@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .card import (CARD, STATE_DIR, atomic_write, build_card, canonical, sha256_file, shard_name,
                    shard_ranges)
 from .errors import UserError
-from .kinds import KIND_TABLE, DatasetSpec, render_sample
+from .kinds import KIND_TABLE, DatasetSpec, render_sample, with_new_defaults
 from .png import encode_png
 from .systems import save_systems
 
@@ -160,22 +160,14 @@ def _claim_folder(out_dir: str, job: dict, overwrite: bool) -> None:
     finally:
         os.remove(tmp)
     with open(job_path, "rb") as f:
-        existing = _with_new_defaults(json.load(f))
+        existing = json.load(f)
+    existing["options"] = with_new_defaults(existing["options"])  # a folder an older version started
     if canonical(existing) != canonical(job):
         differ = sorted(k for k in set(existing["options"]) | set(job["options"])
                         if existing["options"].get(k) != job["options"].get(k))
         differ += [k for k in ("image_format", "shard_size", "systems_sha256") if existing.get(k) != job.get(k)]
         raise UserError(f"{out_dir} was rendered with other options (differs in: {', '.join(differ)}); "
                         f"use another --out, or --overwrite to replace it")
-
-
-def _with_new_defaults(job: dict) -> dict:
-    """A folder's job with options added to its kind since it was started at their defaults (what
-    its renderer did then), so an upgrade does not refuse to finish it (DatasetSpec.from_card's rule)."""
-    entry = KIND_TABLE.get(job.get("options", {}).get("kind"))
-    if entry is None:
-        return job
-    return {**job, "options": {**entry.defaults, **job["options"]}}
 
 
 def _receipt_path(out_dir: str, name: str) -> str:
