@@ -423,6 +423,26 @@ CASES += [
              write("run/metrics.jsonl", '{{"epoch": 1, "val_acc": 0.5}}\n{{"epoch": 2, "val')(tmp))),
 ]
 
+# == fractalgen comparison options (benchmarks/fidelity.py) ==
+
+CASES += [
+    Case("fractalgen: fractaldb official_draw in colour", "fractalgen",
+         ["render", "--kind", "fractaldb", "--n", "4", "--classes", "2", "--option", "official_draw=true",
+          "--color", "--out", "{out}"], ("official_draw", "--color")),
+    Case("fractalgen: fractaldb official_draw not a boolean", "fractalgen",
+         ["render", "--kind", "fractaldb", "--n", "4", "--classes", "2", "--option", "official_draw=maybe",
+          "--out", "{out}"], ("official_draw", "False")),
+    Case("fractalgen: single reference_colour not a boolean", "fractalgen",
+         ["render", "--kind", "single", "--n", "4", "--option", "reference_colour=2", "--out", "{out}"],
+         ("reference_colour", "False")),
+    Case("fractalgen: multi reference_resize not a boolean", "fractalgen",
+         ["render", "--kind", "multi", "--n", "4", "--option", "reference_resize=yes", "--out", "{out}"],
+         ("reference_resize", "False")),
+    Case("fractalgen: reference_colour on fractaldb", "fractalgen",
+         ["render", "--kind", "fractaldb", "--n", "4", "--classes", "2", "--option", "reference_colour=true",
+          "--out", "{out}"], ("reference_colour", "does not apply")),
+]
+
 # == fractalgen new kinds (1p-frac, ofdb) ==
 
 CASES += [
