@@ -49,24 +49,46 @@ def _keys(cfg: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _child(node, name: str):
+    """node[name] for a mapping, node[int(name)] for a list ("pretrain.0.kinds"); KeyError if absent."""
+    if isinstance(node, dict) and name in node:
+        return node[name]
+    if isinstance(node, list) and name.isdigit() and int(name) < len(node):
+        return node[int(name)]
+    raise KeyError(name)
+
+
 def apply_override(cfg: dict, text: str) -> None:
     """Apply one `a.b=value` (value parsed as YAML) to cfg; the key must already exist. A key may itself
-    hold dots (a study's `finetune.overrides.optim.lr` reaches the key "optim.lr")."""
+    hold dots (a study's `finetune.overrides.optim.lr` reaches the key "optim.lr"), and a number picks
+    an entry of a list (`pretrain.0.kinds=[single]`)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise UserError(f"override {text!r} must look like key=value")
     node, rest = cfg, key
-    while not (isinstance(node, dict) and rest in node):
+    while True:
+        try:
+            _child(node, rest)
+            break
+        except KeyError:
+            pass
         head, dot, tail = rest.partition(".")
-        if not dot or not isinstance(node, dict) or head not in node:
+        try:
+            if not dot:
+                raise KeyError(head)
+            node, rest = _child(node, head), tail
+        except KeyError:
+            if isinstance(node, list):
+                raise UserError(f"override {key!r}: {head!r} is not an entry of a list of {len(node)} "
+                                f"(0 to {len(node) - 1})") from None
             close = difflib.get_close_matches(key, _keys(cfg), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"config has no key {key!r}{hint}")
-        node, rest = node[head], tail
+            raise UserError(f"config has no key {key!r}{hint}") from None
     try:
-        node[rest] = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
-        node[rest] = raw
+        value = raw
+    node[int(rest) if isinstance(node, list) else rest] = value
 
 
 def load_config(path: str, overrides: list[str] = (), schema: type | None = None) -> dict:

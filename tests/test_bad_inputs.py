@@ -520,6 +520,8 @@ CASES += [
          setup=write("e.yaml", _EXP_FILE.replace("data.train_per_class: 2", "epochs: 0"))),
     Case("experiments: unknown override", "experiments", [EXP_CPU, "--out", "{out}", "--data", "{cifar}", "jbos=2"],
          ("jbos", "did you mean")),
+    Case("experiments: an override of a list entry that does not exist", "experiments",
+         [EXP_CPU, "--out", "{out}", "--data", "{cifar}", "pretrain.7.kinds=[single]"], ("pretrain.7", "list of")),
     Case("experiments: --data names no dataset of the file", "experiments",
          [EXP_FDSL, "--out", "{out}", "--data", "{cifar}"], ("NAME=PATH", "cifar10, cifar100, imagenet")),
     Case("experiments: --data path missing", "experiments",

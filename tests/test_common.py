@@ -24,6 +24,13 @@ def test_config_inheritance_and_overrides(tmp_path):
         load_config(str(tmp_path / "child.yaml"), ["nested.z=1"])
     with pytest.raises(UserError, match="key=value"):
         load_config(str(tmp_path / "child.yaml"), ["oops"])
+    # a number picks a list entry, at any depth; an entry that is not there is named
+    (tmp_path / "jobs.yaml").write_text("jobs: [{name: a, kinds: [x, y]}, {name: b, kinds: [z]}]\n")
+    cfg = load_config(str(tmp_path / "jobs.yaml"), ["jobs.0.kinds=[x]", "jobs.1.name=c", "jobs.1.kinds.0=w"])
+    assert cfg == {"jobs": [{"name": "a", "kinds": ["x"]}, {"name": "c", "kinds": ["w"]}]}
+    for bad in ("jobs.2.name=q", "jobs.x.name=q", "jobs.0.kinds.5=q"):
+        with pytest.raises(UserError, match="not an entry of a list of"):
+            load_config(str(tmp_path / "jobs.yaml"), [bad])
 
 
 def test_metrics_against_hand_computed():
