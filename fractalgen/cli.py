@@ -41,7 +41,7 @@ def _spec_args(p, n_required: bool):
     p.add_argument("--points", type=int, default=None,
                    help="chaos-game points per fractal (default 100000; ofdb 200000 as published)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
-    p.add_argument("--color", action="store_true", default=None, help="fractaldb: colour instead of white on black")
+    p.add_argument("--color", action="store_true", default=None, help="fractaldb: colour (fractalgen's drawing) instead of the official gray on black")
     p.add_argument("--systems", help="fractaldb: class systems file from `fractalgen search` (default: search now)")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any other render option, e.g. blur_p=0 or objects=[1,3] (see dataset.json options)")

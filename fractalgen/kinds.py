@@ -76,10 +76,11 @@ class DatasetSpec:
 
 
 def with_new_defaults(options: dict) -> dict:
-    """Options written before some of their kind's options existed, with those at their defaults (what
-    the renderer that wrote them did): an older card or render folder reads as the same job."""
+    """Options written before some of their kind's options existed, with those at what the renderer
+    that wrote them did (the kind's `legacy` value where the default has changed since, else the
+    default): an older card or render folder reads as the same job."""
     entry = KIND_TABLE.get(options.get("kind"))
-    return options if entry is None else {**entry.defaults, **options}
+    return options if entry is None else {**entry.defaults, **entry.legacy, **options}
 
 
 def resolve_options(kind: str, n: int, classes: int, overrides: dict) -> dict:
@@ -212,8 +213,15 @@ def _official_draw(o: dict, params: np.ndarray, th: np.ndarray, seed: int, patch
 
 
 def _check_fractaldb(options: dict) -> None:
-    if options["official_draw"] and options["color"]:
+    """official_draw=auto (the default) resolves to the official drawing for gray images; colour
+    images (--color) have no official drawing and keep fractalgen's."""
+    draw = options["official_draw"]
+    if draw not in ("auto", True, False):
+        raise UserError(f"option official_draw={draw!r} should be auto, true or false")
+    if draw is True and options["color"]:
         raise UserError("official_draw draws the official gray images; it cannot be combined with --color")
+    if draw == "auto":
+        options["official_draw"] = not options["color"]
 
 
 def _jitter(params: np.ndarray, amount: float, rng) -> np.ndarray:
@@ -398,6 +406,7 @@ class Kind:
     check: Callable | None = None  # kind-specific validation of the resolved options (raise UserError)
     load_systems: Callable = load_systems  # path of a folder's systems.json -> (class parameters, info)
     notes: tuple = ()  # card notes for this kind (where it follows / deviates from the official code)
+    legacy: dict = field(default_factory=dict)  # option -> what a card written before it existed did
 
 
 # reference_colour / reference_background: colour as the public code does, OpenCV hue range included
@@ -405,11 +414,12 @@ class Kind:
 _COLOUR_DEFAULTS = {"blur_p": 0.5, "blur_sigma": [0.5, 1.0], "saturation": [0.3, 1.0], "value": [0.5, 1.0],
                     "reference_colour": False, "reference_background": False}
 KIND_TABLE = {
-    # official_draw: draw as the official renderer (per-point random patches, gray 127, 6-px margin; off by
-    # default: one random patch per image, white, no margin)
-    "fractaldb": Kind({"color": False, "flips": True, "min_fill": 0.02, "official_draw": False}, _searched_systems,
+    # official_draw: draw as the official renderer (per-point random patches, gray 127, 6-px margin); auto:
+    # for gray images. false (and every card written before the option existed): one random patch per
+    # image, white, no margin, far from the released data (docs/fidelity.md)
+    "fractaldb": Kind({"color": False, "flips": True, "min_fill": 0.02, "official_draw": "auto"}, _searched_systems,
                       _render_fractaldb, searched=True, channels=lambda o: 3 if o["color"] else 1,
-                      check=_check_fractaldb),
+                      check=_check_fractaldb, legacy={"official_draw": False}),
     "single": Kind({"window": [0.5, 2.0], "shift": 0.2, "flips": True, "jitter": 0.0, "background": True,
                     **_COLOUR_DEFAULTS, "min_fill": 0.002}, _sigma_systems, _render_single),
     # reference_resize: instances drawn at half size and resized bilinearly, as the public code (off by default)

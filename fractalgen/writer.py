@@ -166,7 +166,12 @@ def _claim_folder(out_dir: str, job: dict, overwrite: bool) -> None:
         differ = sorted(k for k in set(existing["options"]) | set(job["options"])
                         if existing["options"].get(k) != job["options"].get(k))
         differ += [k for k in ("image_format", "shard_size", "systems_sha256") if existing.get(k) != job.get(k)]
-        raise UserError(f"{out_dir} was rendered with other options (differs in: {', '.join(differ)}); "
+        legacy = KIND_TABLE[job["options"]["kind"]].legacy if job["options"].get("kind") in KIND_TABLE else {}
+        changed = [f"--option {k}={str(legacy[k]).lower()}" for k in differ
+                   if k in legacy and existing["options"].get(k) == legacy[k]]
+        hint = f" (fractalgen's default changed since it was started: {' '.join(changed)} finishes it as begun)" \
+            if changed else ""
+        raise UserError(f"{out_dir} was rendered with other options (differs in: {', '.join(differ)}){hint}; "
                         f"use another --out, or --overwrite to replace it")
 
 

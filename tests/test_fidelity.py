@@ -110,6 +110,11 @@ def test_fractalgen_reference_options_render():
     image = render_sample(fdb, 0).image
     assert set(np.unique(image)) == {0, 127} and not image[:2].any() and not image[:, -2:].any()  # margin
     assert not image[-7:].any() and not image[:, :7].any()  # the official paste offset: 2 px right and up
+    # official_draw=auto, the default: the official drawing for gray images, fractalgen's for colour ones
+    default = DatasetSpec.create("fractaldb", 4, 1, systems=[system], size=32, points=3000)
+    assert default.options["official_draw"] is True and np.array_equal(render_sample(default, 0).image, image)
+    colour = DatasetSpec.create("fractaldb", 4, 1, systems=[system], size=32, points=3000, color=True)
+    assert colour.options["official_draw"] is False and render_sample(colour, 0).image.shape == (32, 32, 3)
 
 
 def test_opencv_colouring_reads_hue_bytes_in_the_0_179_range():
@@ -181,3 +186,11 @@ def test_a_card_without_the_new_options_still_renders(tmp_path):
     save_systems(str(tmp_path / "systems.json"), spec.systems, spec.systems_info)
     again = DatasetSpec.from_card({"options": old}, str(tmp_path))
     assert np.array_equal(render_sample(again, 1).image, render_sample(spec, 1).image)
+    # official_draw's default changed (false -> auto): a card without it was drawn fractalgen's way
+    system = np.array([[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0, 0.5]])
+    drawn_before = DatasetSpec.create("fractaldb", 4, 1, systems=[system], size=32, points=3000, official_draw=False)
+    save_systems(str(tmp_path / "systems.json"), drawn_before.systems, drawn_before.systems_info)
+    card = {k: v for k, v in drawn_before.options.items() if k != "official_draw"}
+    again = DatasetSpec.from_card({"options": card}, str(tmp_path))
+    assert again.options["official_draw"] is False
+    assert np.array_equal(render_sample(again, 0).image, render_sample(drawn_before, 0).image)

@@ -55,7 +55,7 @@ def test_fractaldb_png_grayscale(tmp_path):
     card = load_card(str(tmp_path))
     assert card["image_ext"] == "png" and card["channels"] == 1
     sample = next(iter(wds.WebDataset(str(tmp_path / card["shards"][0]["name"]), shardshuffle=False).decode("l8")))
-    assert sample["png"].ndim == 2 and set(np.unique(sample["png"])) <= {0, 255}
+    assert sample["png"].ndim == 2 and set(np.unique(sample["png"])) <= {0, 127}  # the official gray
 
 
 def test_byte_identical_across_runs_and_workers(tmp_path):
@@ -133,6 +133,31 @@ def test_a_folder_started_before_new_options_existed_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(base) == 0, capsys.readouterr().err
     assert last.read_bytes() == before and load_card(str(tmp_path))["n"] == 6
+
+
+def test_a_folder_started_before_a_default_changed_names_the_option_that_finishes_it(tmp_path, capsys):
+    """fractaldb's official_draw went from false to auto (official for gray images): a folder begun
+    before is refused with the option that finishes it as begun, and finishes with it byte for byte."""
+    base = ["render", "--kind", "fractaldb", "--n", "6", "--shard-size", "3", "--workers", "1", "--out", str(tmp_path),
+            *FAST]
+    assert main([*base, "--option", "official_draw=false"]) == 0
+    job_path = tmp_path / ".fractalgen" / "job.json"
+    job = json.loads(job_path.read_text())
+    assert job["options"].pop("official_draw") is False  # as an older fractalgen wrote it
+    job_path.write_text(json.dumps(job))
+    last = tmp_path / "fractaldb-000001.tar"
+    before = last.read_bytes()
+    last.unlink()
+    (tmp_path / "dataset.json").unlink()
+    for receipt in (tmp_path / ".fractalgen" / "receipts").glob("fractaldb-000001*"):
+        receipt.unlink()
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the class search's progress bar
+    assert err.startswith("error:") and "differs in: official_draw" in err
+    assert "--option official_draw=false finishes it" in err
+    assert main([*base, "--option", "official_draw=false"]) == 0, capsys.readouterr().err
+    assert last.read_bytes() == before
 
 
 def test_verify_names_first_bad_shard(tmp_path, capsys):
