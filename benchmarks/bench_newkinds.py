@@ -1,5 +1,8 @@
 """Speed of the few-image IFS kinds (1p-frac, ofdb) next to the fractaldb kind, measured in one run.
 
+"fractaldb" is fractalgen's own drawing (official_draw=false, the default until 2026-11-30, which the
+ratios are taken against); "fdb-official" the default since (the official renderer's drawing).
+
     python benchmarks/bench_newkinds.py [--images 300] [--e2e 2000] [--official /path/to/1p-frac/repo]
 
 1. One core, per image, at the same settings for every kind (256 px / 100k points, and each kind's
@@ -49,7 +52,7 @@ def _median_rate(fn, images: int, rounds: int = 5) -> float:
 def kernel_fn(spec: DatasetSpec):
     """The kernel work of one image of `spec`'s kind, ending in the uint8 image the kind stores."""
     size, points, classes = spec.size, spec.options["points"], spec.num_classes
-    if spec.kind == "fractaldb":
+    if spec.kind == "fractaldb" and not spec.options["official_draw"]:
         def one(i):
             rng = generator(0, "bench", i)
             patch = rng.integers(0, 2, (3, 3)).astype(np.uint8)
@@ -71,7 +74,9 @@ def specs(size: int, points: int, classes: int, fractaldb_systems) -> dict:
     systems, info = fractaldb_systems
     return {
         "fractaldb": DatasetSpec.create("fractaldb", classes, classes, systems=systems, systems_info=info,
-                                        size=size, points=points),
+                                        size=size, points=points, official_draw=False),
+        "fdb-official": DatasetSpec.create("fractaldb", classes, classes, systems=systems, systems_info=info,
+                                           size=size, points=points, official_draw=True),
         "1p-frac": DatasetSpec.create("1p-frac", classes, classes, size=size, points=points),
         "ofdb": DatasetSpec.create("ofdb", classes, classes, systems=systems, systems_info=info,
                                    size=size, points=points),
@@ -149,7 +154,7 @@ def main():
         args.e2e = 0
     else:
         print(f"one core, images/s (median of 5 rounds of {args.images}); kernel = chaos game + raster to uint8")
-        print(f"{'settings':<16}{'kind':<11}{'kernel':>9}{'sample':>9}{'kernel vs fractaldb':>22}")
+        print(f"{'settings':<16}{'kind':<13}{'kernel':>9}{'sample':>9}{'kernel vs fractaldb':>22}")
     for size, points in () if args.only_official else ((256, 100_000), (512, 100_000), (362, 200_000)):
         by_kind = specs(size, points, args.classes, fractaldb_systems)
         rates = {k: (_median_rate(kernel_fn(s), args.images), _median_rate(lambda i, s=s: render_sample(s, i),
@@ -157,15 +162,16 @@ def main():
                  for k, s in by_kind.items()}
         for kind, (kernel, sample) in rates.items():
             ratio = kernel / rates["fractaldb"][0]
-            print(f"{size} px {points // 1000}k{'':<5}{kind:<11}{kernel:>9.0f}{sample:>9.0f}{ratio:>21.2f}x")
+            print(f"{size} px {points // 1000}k{'':<5}{kind:<13}{kernel:>9.0f}{sample:>9.0f}{ratio:>21.2f}x")
 
     if args.e2e:
         print(f"\nend to end, 256 px, 100k points, PNG shards of 500, 2 workers, {args.e2e} images")
-        for kind, spec in specs(256, 100_000, args.classes, fractaldb_systems).items():
-            spec = DatasetSpec.create(kind, args.e2e, args.classes, systems=fractaldb_systems[0] if kind != "1p-frac"
-                                      else None, size=256, points=100_000)
+        for name, spec in specs(256, 100_000, args.classes, fractaldb_systems).items():
+            draw = {"official_draw": spec.options["official_draw"]} if spec.kind == "fractaldb" else {}
+            spec = DatasetSpec.create(spec.kind, args.e2e, args.classes, systems=fractaldb_systems[0]
+                                      if spec.kind != "1p-frac" else None, size=256, points=100_000, **draw)
             rate = end_to_end(spec, 2)
-            print(f"{kind:<11}{rate:>8.0f} images/s   1M images: {1e6 / rate / 3600:.1f} h")
+            print(f"{name:<13}{rate:>8.0f} images/s   1M images: {1e6 / rate / 3600:.1f} h")
 
     if args.official:
         rate = official_rate(args.official, 3)
