@@ -49,13 +49,11 @@ def _keys(cfg: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _child(node, name: str):
-    """node[name] for a mapping, node[int(name)] for a list ("pretrain.0.kinds"); KeyError if absent."""
-    if isinstance(node, dict) and name in node:
-        return node[name]
-    if isinstance(node, list) and name.isdigit() and int(name) < len(node):
-        return node[int(name)]
-    raise KeyError(name)
+def _has(node, name: str) -> bool:
+    """Whether node holds `name`: a key of a mapping, or an entry's number in a list ("pretrain.0")."""
+    if isinstance(node, list):
+        return name.isdigit() and int(name) < len(node)
+    return isinstance(node, dict) and name in node
 
 
 def apply_override(cfg: dict, text: str) -> None:
@@ -66,24 +64,16 @@ def apply_override(cfg: dict, text: str) -> None:
     if not sep or not key:
         raise UserError(f"override {text!r} must look like key=value")
     node, rest = cfg, key
-    while True:
-        try:
-            _child(node, rest)
-            break
-        except KeyError:
-            pass
+    while not _has(node, rest):
         head, dot, tail = rest.partition(".")
-        try:
-            if not dot:
-                raise KeyError(head)
-            node, rest = _child(node, head), tail
-        except KeyError:
-            if isinstance(node, list):
-                raise UserError(f"override {key!r}: {head!r} is not an entry of a list of {len(node)} "
-                                f"(0 to {len(node) - 1})") from None
+        if isinstance(node, list) and not _has(node, head):
+            raise UserError(f"override {key!r}: {head!r} is not an entry of a list of {len(node)} "
+                            f"(0 to {len(node) - 1})")
+        if not dot or not _has(node, head):
             close = difflib.get_close_matches(key, _keys(cfg), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UserError(f"config has no key {key!r}{hint}") from None
+            raise UserError(f"config has no key {key!r}{hint}")
+        node, rest = node[int(head) if isinstance(node, list) else head], tail
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
