@@ -8,6 +8,12 @@ code is part of this project.
     python benchmarks/fidelity_ref.py fractaldb     /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz ...
     python benchmarks/fidelity_ref.py search        /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz --n 400
     python benchmarks/fidelity_ref.py background    /path/to/fractal-pretraining OUT.npz --n 5000 --size 64
+    python benchmarks/fidelity_ref.py single-classes /path/to/fractal-pretraining OUT_DIR --n 80000 --val 2000 \
+        --classes 20 --size 32 --points 2000
+
+single-classes writes a class folder instead (OUT_DIR/train/<class>/*.png, OUT_DIR/val/<class>/*.png, the
+layout the trainer reads with data.source=imagenet): the authors' Single-Instance classification data
+(FractalClassDataset with IFSGenerator at its defaults, parameter jitter on), for transfer parity.
 
 Writes OUT.npz: images (n, S, S, C) uint8, masks (n, S, S) bool (fractal pixels before blur), systems
 (an object array of (maps, 6) arrays in fractalgen's (a, b, c, d, e, f) layout), per-image extras.
@@ -70,6 +76,41 @@ def single(path, n, size, points, seed, jitter):
         masks.append(mask)
         systems.append(as_rows(system))
     return {"images": np.stack(images), "masks": np.stack(masks), "systems": systems}
+
+
+def single_classes(path, out, n, val, size, points, seed, classes):
+    """Anderson & Farrell's Single-Instance classification data as their FractalClassDataset makes it:
+    `classes` systems sampled once (ifs.sample_system, 2-4 maps), image i of class i % classes rendered
+    by IFSGenerator at its defaults (jitter on, scale 0.5-2, translate 0.2, flips, colour, plasma
+    background, blur p 0.5). Their loader's 512-image cache (a throughput device replaying affine-
+    transformed earlier images) is left out: every image here is a fresh render. Written to out.partial,
+    renamed to out when complete, so a stopped run leaves no folder that looks finished."""
+    import shutil
+
+    from PIL import Image
+
+    sys.path.insert(0, path)
+    from fractal_learning.fractals import ifs
+    from fractal_learning.training.datamodule.datasets.generator import IFSGenerator
+
+    np.random.seed(seed)
+    seed_numba(seed)
+    gen = IFSGenerator(size=size, niter=points)
+    gen.rng = np.random.default_rng(seed)
+    systems = [ifs.sample_system(n=(2, 5), rng=gen.rng) for _ in range(classes)]
+    tmp = out.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split in ("train", "val"):
+        for c in range(classes):
+            os.makedirs(os.path.join(tmp, split, f"{c:04d}"))
+    for i in tqdm(range(n + val), desc="reference single classes", file=sys.stderr):
+        c = i % classes
+        image = gen(systems[c].copy())  # generate() jitters a copy; the class system stays as sampled
+        split = "train" if i < n else "val"
+        Image.fromarray(image).save(os.path.join(tmp, split, f"{c:04d}", f"{i:07d}.png"), compress_level=1)
+    np.save(os.path.join(tmp, "systems.npy"), np.stack([np.pad(as_rows(s), ((0, 4 - len(s)), (0, 0)))
+                                                         for s in systems]))
+    os.rename(tmp, out)
 
 
 def background(path, n, size, seed):
@@ -210,20 +251,25 @@ def search(path, n, seed):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search", "background"])
+    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search", "background", "single-classes"])
     p.add_argument("path", help="the reference checkout")
-    p.add_argument("out", help="output .npz")
+    p.add_argument("out", help="output .npz (single-classes: the class folder to create)")
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--points", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--cache", type=int, default=512)
+    p.add_argument("--val", type=int, default=2000, help="single-classes: validation images after the n training ones")
     p.add_argument("--jitter", action="store_true", help="single: the reference's default parameter jitter")
     p.add_argument("--weights", default="0.4", help="fractaldb: weights_X.csv (the release script's 0.4)")
     a = p.parse_args()
     if not os.path.isdir(a.path):
         sys.exit(f"error: reference checkout {a.path} does not exist")
+    if a.kind == "single-classes":
+        if os.path.exists(a.out):
+            sys.exit(f"error: {a.out} exists; give a new folder (nothing is overwritten)")
+        return single_classes(a.path, a.out, a.n, a.val, a.size, a.points, a.seed, a.classes)
     if a.kind == "single":
         out = single(a.path, a.n, a.size, a.points, a.seed, a.jitter)
     elif a.kind == "multi":

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from experiments.plan import Plan
+from experiments.runner import needed_data
 from experiments.schema import check_experiment, load_experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,8 @@ def one_error_line(result) -> str:
 
 def test_every_issue_experiment_is_shipped():
     assert set(SHIPPED) == {"cifar10_cpu", "fdsl_paper", "plant_pathology_thesis", "stl10_transfer", "vit_analysis",
-                            "kinds_vit_32px", "kinds_vit_64px", "kinds_resnet_32px", "kinds_resnet_64px"}
+                            "kinds_vit_32px", "kinds_vit_64px", "kinds_resnet_32px", "kinds_resnet_64px",
+                            "parity_single_vit"}
 
 
 # --- the CPU study: moved as is -------------------------------------------------------------------
@@ -280,7 +282,7 @@ def test_resume_runs_only_what_is_missing(tmp_path):
 
 def finetune_steps(name: str, out: str) -> list:
     exp = experiment(name)
-    names = {n: os.path.join(out, "smoke-data", n) for n in ("data", "imagenet", "cifar10", "cifar100")}
+    names = {n: os.path.join(out, "smoke-data", n) for n in needed_data(exp)}  # as the runner fabricated them
     return [s for s in Plan(exp, names, out, smoke=True).steps if s.stage == "finetune"]
 
 
@@ -307,7 +309,7 @@ def test_smoke(name, tmp_path):
     again = runner(f"configs/experiments/{name}.yaml", "--out", str(out), "--smoke", timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done already") == len([s for s in Plan(
-        {**experiment(name)}, {n: "x" for n in ("data", "imagenet", "cifar10", "cifar100")}, str(out),
+        {**experiment(name)}, {n: "x" for n in needed_data(experiment(name))}, str(out),
         smoke=True).steps if s.stage != "report"])
 
 
