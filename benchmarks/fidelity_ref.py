@@ -44,6 +44,20 @@ def seed_numba(seed):
     _seed(seed)
 
 
+def reference_generators(path):
+    """The reference's generator module, loaded from its file: importing it as a package would run
+    fractal_learning/training/datamodule/__init__.py, which needs their training stack (pytorch_lightning,
+    fgvcdata, torchvision) that rendering does not use."""
+    import importlib.util
+
+    sys.path.insert(0, path)
+    file = os.path.join(path, "fractal_learning", "training", "datamodule", "datasets", "generator.py")
+    spec = importlib.util.spec_from_file_location("reference_generator", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def as_rows(system):
     """A reference (n, 2, 3) system [[a, b, e], [c, d, f]] as fractalgen rows (a, b, c, d, e, f)."""
     s = np.asarray(system, np.float64)
@@ -55,7 +69,7 @@ def single(path, n, size, points, seed, jitter):
     background, blur p 0.5), one freshly sampled system (2-4 maps) per image."""
     sys.path.insert(0, path)
     from fractal_learning.fractals import ifs
-    from fractal_learning.training.datamodule.datasets.generator import IFSGenerator
+    IFSGenerator = reference_generators(path).IFSGenerator
 
     np.random.seed(seed)
     seed_numba(seed)
@@ -91,7 +105,7 @@ def single_classes(path, out, n, val, size, points, seed, classes):
 
     sys.path.insert(0, path)
     from fractal_learning.fractals import ifs
-    from fractal_learning.training.datamodule.datasets.generator import IFSGenerator
+    IFSGenerator = reference_generators(path).IFSGenerator
 
     np.random.seed(seed)
     seed_numba(seed)
@@ -132,7 +146,7 @@ def multi(path, n, size, points, seed, classes, cache):
     sys.path.insert(0, path)
     from cv2 import INTER_LINEAR, resize
     from fractal_learning.fractals import ifs
-    from fractal_learning.training.datamodule.datasets.generator import MultiGenerator
+    MultiGenerator = reference_generators(path).MultiGenerator
 
     np.random.seed(seed)
     seed_numba(seed)
