@@ -9,7 +9,7 @@ code is part of this project.
     python benchmarks/fidelity_ref.py search        /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT.npz --n 400
     python benchmarks/fidelity_ref.py background    /path/to/fractal-pretraining OUT.npz --n 5000 --size 64
     python benchmarks/fidelity_ref.py single-classes /path/to/fractal-pretraining OUT_DIR --n 80000 --val 2000 \
-        --classes 20 --size 32 --points 2000
+        --classes 20 --size 32 --points 2000 [--no-jitter]
 
 single-classes writes a class folder instead (OUT_DIR/train/<class>/*.png, OUT_DIR/val/<class>/*.png, the
 layout the trainer reads with data.source=imagenet): the authors' Single-Instance classification data
@@ -92,7 +92,7 @@ def single(path, n, size, points, seed, jitter):
     return {"images": np.stack(images), "masks": np.stack(masks), "systems": systems}
 
 
-def single_classes(path, out, n, val, size, points, seed, classes):
+def single_classes(path, out, n, val, size, points, seed, classes, jitter=True):
     """Anderson & Farrell's Single-Instance classification data as their FractalClassDataset makes it:
     `classes` systems sampled once (ifs.sample_system, 2-4 maps), image i of class i % classes rendered
     by IFSGenerator at its defaults (jitter on, scale 0.5-2, translate 0.2, flips, colour, plasma
@@ -109,7 +109,7 @@ def single_classes(path, out, n, val, size, points, seed, classes):
 
     np.random.seed(seed)
     seed_numba(seed)
-    gen = IFSGenerator(size=size, niter=points)
+    gen = IFSGenerator(size=size, niter=points, jitter_params=jitter)
     gen.rng = np.random.default_rng(seed)
     systems = [ifs.sample_system(n=(2, 5), rng=gen.rng) for _ in range(classes)]
     tmp = out.rstrip("/") + ".partial"
@@ -276,6 +276,8 @@ def main():
     p.add_argument("--cache", type=int, default=512)
     p.add_argument("--val", type=int, default=2000, help="single-classes: validation images after the n training ones")
     p.add_argument("--jitter", action="store_true", help="single: the reference's default parameter jitter")
+    p.add_argument("--no-jitter", action="store_true",
+                   help="single-classes: switch the reference's default parameter jitter off (jitter_params=False)")
     p.add_argument("--weights", default="0.4", help="fractaldb: weights_X.csv (the release script's 0.4)")
     a = p.parse_args()
     if not os.path.isdir(a.path):
@@ -283,7 +285,7 @@ def main():
     if a.kind == "single-classes":
         if os.path.exists(a.out):
             sys.exit(f"error: {a.out} exists; give a new folder (nothing is overwritten)")
-        return single_classes(a.path, a.out, a.n, a.val, a.size, a.points, a.seed, a.classes)
+        return single_classes(a.path, a.out, a.n, a.val, a.size, a.points, a.seed, a.classes, not a.no_jitter)
     if a.kind == "single":
         out = single(a.path, a.n, a.size, a.points, a.seed, a.jitter)
     elif a.kind == "multi":

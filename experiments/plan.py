@@ -73,20 +73,21 @@ class Plan:
     def _render(self) -> dict:
         render = self.exp["render"] or {"common": {}, "kinds": {}}
         folders = {}
-        for kind, own in render["kinds"].items():
+        for name, own in render["kinds"].items():
             opts = {**render["common"], **{k: v for k, v in own.items() if v is not None}}
             if self.smoke:
                 opts = smoke_scale.render_options(opts)
-            folder = os.path.join(self.out, "data", kind)
+            kind = opts.get("kind") or name  # a named variant renders its kind with its own options
+            folder = os.path.join(self.out, "data", name)
             args = ["render", "--kind", kind, "--out", folder, "--no-progress"]
             for key in ("n", "classes", "size", "points", "seed", "shard_size", "workers"):
                 if opts.get(key) is not None:
                     args += [f"--{key.replace('_', '-')}", str(opts[key])]
             for key, value in (opts.get("options") or {}).items():
                 args += ["--option", f"{key}={yaml_value(value)}"]
-            self.steps.append(Step(f"render/{kind}", "render", None, args, os.path.join(folder, "dataset.json"),
+            self.steps.append(Step(f"render/{name}", "render", None, args, os.path.join(folder, "dataset.json"),
                                    images=opts.get("n")))
-            folders[kind] = (folder, opts.get("n"))
+            folders[name] = (folder, opts.get("n"), kind)
         return folders
 
     # --- pretrain -------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ class Plan:
                           for n in budget["images"]]
             for kind, source, extra in kinds:
                 run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
-                config = job["config"].replace("{kind}", kind)
+                config = job["config"].replace("{kind}", folders[kind][2] if kind in folders else kind)
                 over = {**job["overrides"], **extra}
                 if self.smoke:
                     over.update(smoke_scale.pretrain_overrides(config, over, external=kind not in folders))

@@ -17,6 +17,7 @@ import yaml
 from common.config import apply_override, merge
 from common.errors import UserError
 from common.schema import validate
+from fractalgen.kinds import KINDS
 
 STAGES = ("render", "pretrain", "finetune", "analysis", "report")
 
@@ -35,7 +36,10 @@ def _dict():
 
 @dataclass
 class RenderOptions:
-    """One `fractalgen render` (unset: fractalgen's default); `options` are its --option key=value."""
+    """One `fractalgen render` (unset: fractalgen's default); `options` are its --option key=value.
+    `kind`: the fractalgen kind when the entry's name is a variant of one, e.g.
+    `single-refcolour: {kind: single, options: {reference_colour: true}}` (default: the name)."""
+    kind: Optional[str] = _opt()
     n: Optional[int] = _opt(ge=1)
     classes: Optional[int] = _opt(ge=1)
     size: Optional[int] = _opt(ge=8)
@@ -131,8 +135,14 @@ def check_experiment(raw: dict, where: str) -> dict:
     if exp["render"] is not None:
         render = check(exp["render"], _RenderSection, where, "render.")
         render["common"] = check(render["common"] or {}, RenderOptions, where, "render.common.")
+        if render["common"]["kind"] is not None:
+            raise UserError(f"{where}: render.common.kind: the kind belongs to each entry of render.kinds")
         render["kinds"] = {kind: check(opts or {}, RenderOptions, where, f"render.kinds.{kind}.")
                            for kind, opts in render["kinds"].items()}
+        for name, opts in render["kinds"].items():
+            if (opts["kind"] or name) not in KINDS:
+                raise UserError(f"{where}: render.kinds.{name}: {opts['kind'] or name!r} is not a fractalgen kind "
+                                f"(one of {', '.join(KINDS)}); a variant names its kind, as {name}: {{kind: single, ...}}")
         exp["render"] = render
     exp["pretrain"] = [check(job, PretrainJob, where, f"pretrain[{i}].") for i, job in enumerate(exp["pretrain"])]
     exp["finetune"] = check(exp["finetune"], Finetune, where, "finetune.")

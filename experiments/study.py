@@ -28,12 +28,22 @@ def claim_folder(exp: dict, out: str) -> None:
     path = os.path.join(out, CLAIM)
     if os.path.exists(path):
         with open(path) as f:
-            if yaml.safe_load(f) != exp:
+            if _set_keys(yaml.safe_load(f)) != _set_keys(exp):
                 raise UserError(f"{out} holds an experiment run with another config ({path}); pass a new --out, "
                                 f"or delete {out} to start over")
     else:
         check_out_folder(out)
         save_config(exp, out, name=CLAIM)
+
+
+def _set_keys(value):
+    """The config without its unset (null) keys: a key added to the schema later, unset, leaves a
+    folder begun before it the same experiment."""
+    if isinstance(value, dict):
+        return {k: _set_keys(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_set_keys(v) for v in value]
+    return value
 
 
 class Study:

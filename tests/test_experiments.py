@@ -115,6 +115,22 @@ def test_fdsl_paper_matrix():
     assert ft.images == 150 * 50_000
 
 
+def test_a_render_variant_renders_its_kind_into_its_own_folder_and_pretrains_as_its_own_source():
+    exp = check_experiment({
+        "render": {"common": {"n": 100}, "kinds": {"single": {}, "single-ref": {
+            "kind": "single", "options": {"reference_colour": True}}}},
+        "pretrain": [{"name": "vit", "config": "configs/pretrain/deit_s16_{kind}.yaml", "kinds": ["single", "single-ref"]}],
+        "finetune": {"config": "configs/finetune/cifar10.yaml", "regimes": {"low": {}}}}, "x.yaml")
+    by_name = {s.name: s for s in Plan(exp, {"data": "/c10"}, "/X").steps}
+    render = by_name["render/single-ref"].args
+    assert render[:4] == ["render", "--kind", "single", "--out"] and render[4] == "/X/data/single-ref"
+    assert "reference_colour=true" in render and "reference_colour=true" not in by_name["render/single"].args
+    pretrain = by_name["pretrain/vit-single-ref"]
+    assert pretrain.args[:4] == ["--config", "configs/pretrain/deit_s16_single.yaml", "--data", "/X/data/single-ref"]
+    assert pretrain.needs == ["/X/data/single-ref/dataset.json"]
+    assert by_name["finetune/low/vit-single-ref-s0"].needs == ["/X/pretrain/vit-single-ref/model.safetensors"]
+
+
 def test_stl10_regimes_pick_sources_by_pattern_and_published_weights_by_tag():
     plan = Plan(experiment("stl10_transfer"), {"data": "/stl"}, "/X")
     runs = {s.name: s for s in plan.steps if s.stage == "finetune"}
@@ -164,6 +180,10 @@ def test_unknown_and_wrong_keys_are_named():
         check_experiment({**base, "pretrain": [{"name": "a", "config": "c", "kinds": "single"}]}, "x.yaml")
     with pytest.raises(UserError, match=r"unknown key 'render.kinds.single.sise'.*size"):
         check_experiment({**base, "render": {"kinds": {"single": {"sise": 3}}}}, "x.yaml")
+    with pytest.raises(UserError, match=r"render.kinds.singel: 'singel' is not a fractalgen kind"):
+        check_experiment({**base, "render": {"kinds": {"singel": {}}}}, "x.yaml")
+    with pytest.raises(UserError, match=r"render.common.kind: the kind belongs to each entry"):
+        check_experiment({**base, "render": {"common": {"kind": "single"}, "kinds": {}}}, "x.yaml")
     with pytest.raises(UserError, match="resources.gpu is not a stage"):
         check_experiment({**base, "resources": {"gpu": {}}}, "x.yaml")
     with pytest.raises(UserError, match="budget.job 'vit' is not a pretrain job"):
@@ -255,6 +275,13 @@ def test_refuses_a_folder_of_another_config(tmp_path):
     again = run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
                    str(tmp_path / "s2"))
     assert again.returncode == 0  # the same config: a resume
+    # a folder begun before the schema grew a key (written without it) is the same experiment while it is unset
+    claim = yaml.safe_load((out / "experiment.yaml").read_text())
+    for entry in claim["render"]["kinds"].values():
+        del entry["kind"]
+    (out / "experiment.yaml").write_text(yaml.safe_dump(claim))
+    assert run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
+                    str(tmp_path / "s4")).returncode == 0
     line = one_error_line(run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
                                  str(tmp_path / "s3"), "finetune.seeds=[0, 1]"))
     assert "another config" in line and not (tmp_path / "s3").exists()
