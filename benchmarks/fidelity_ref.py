@@ -64,17 +64,23 @@ def as_rows(system):
     return np.stack([s[:, 0, 0], s[:, 0, 1], s[:, 1, 0], s[:, 1, 1], s[:, 0, 2], s[:, 1, 2]], 1)
 
 
-def single(path, n, size, points, seed, jitter):
-    """Anderson & Farrell IFSGenerator (their defaults: scale 0.5-2, translate 0.2, flips, colour, plasma
-    background, blur p 0.5), one freshly sampled system (2-4 maps) per image."""
+def seeded_ifs_generator(path, size, points, seed, jitter):
+    """(the reference's ifs module, its IFSGenerator at `size` / `points` / `jitter`), every random
+    stream it uses (numpy's, numba's, the generator's own) seeded with `seed`."""
     sys.path.insert(0, path)
     from fractal_learning.fractals import ifs
-    IFSGenerator = reference_generators(path).IFSGenerator
 
     np.random.seed(seed)
     seed_numba(seed)
-    gen = IFSGenerator(size=size, jitter_params=jitter, niter=points)
+    gen = reference_generators(path).IFSGenerator(size=size, jitter_params=jitter, niter=points)
     gen.rng = np.random.default_rng(seed)
+    return ifs, gen
+
+
+def single(path, n, size, points, seed, jitter):
+    """Anderson & Farrell IFSGenerator (their defaults: scale 0.5-2, translate 0.2, flips, colour, plasma
+    background, blur p 0.5), one freshly sampled system (2-4 maps) per image."""
+    ifs, gen = seeded_ifs_generator(path, size, points, seed, jitter)
     images, masks, systems = [], [], []
     for _ in tqdm(range(n), desc="reference single", file=sys.stderr):
         system = ifs.sample_system(n=(2, 5), rng=gen.rng)
@@ -103,14 +109,7 @@ def single_classes(path, out, n, val, size, points, seed, classes, jitter=True):
 
     from PIL import Image
 
-    sys.path.insert(0, path)
-    from fractal_learning.fractals import ifs
-    IFSGenerator = reference_generators(path).IFSGenerator
-
-    np.random.seed(seed)
-    seed_numba(seed)
-    gen = IFSGenerator(size=size, niter=points, jitter_params=jitter)
-    gen.rng = np.random.default_rng(seed)
+    ifs, gen = seeded_ifs_generator(path, size, points, seed, jitter)
     systems = [ifs.sample_system(n=(2, 5), rng=gen.rng) for _ in range(classes)]
     tmp = out.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)

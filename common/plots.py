@@ -11,9 +11,9 @@ from .io import save_atomically  # noqa: E402
 
 
 def save(fig, path: str) -> None:
-    """Lay out, write as PNG (complete or absent) and free the figure."""
+    """Lay out, write as PNG (complete or absent; legends placed outside the axes included) and free the figure."""
     fig.tight_layout()
-    save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    save_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 
