@@ -67,12 +67,12 @@ def as_rows(system):
 def seeded_ifs_generator(path, size, points, seed, jitter):
     """(the reference's ifs module, its IFSGenerator at `size` / `points` / `jitter`), every random
     stream it uses (numpy's, numba's, the generator's own) seeded with `seed`."""
-    sys.path.insert(0, path)
+    generators = reference_generators(path)  # puts the checkout on sys.path
     from fractal_learning.fractals import ifs
 
     np.random.seed(seed)
     seed_numba(seed)
-    gen = reference_generators(path).IFSGenerator(size=size, jitter_params=jitter, niter=points)
+    gen = generators.IFSGenerator(size=size, jitter_params=jitter, niter=points)
     gen.rng = np.random.default_rng(seed)
     return ifs, gen
 
@@ -142,10 +142,9 @@ def multi(path, n, size, points, seed, classes, cache):
     """Anderson & Farrell MultiGenerator (1-5 instances from a cache of `cache` half-resolution renders,
     resized to 0.15-0.6 of the side, one new render every second image as their dataset's period 2),
     the cache filled first (its steady state). Also records instance counts and sizes."""
-    sys.path.insert(0, path)
+    MultiGenerator = reference_generators(path).MultiGenerator  # puts the checkout on sys.path
     from cv2 import INTER_LINEAR, resize
     from fractal_learning.fractals import ifs
-    MultiGenerator = reference_generators(path).MultiGenerator
 
     np.random.seed(seed)
     seed_numba(seed)
