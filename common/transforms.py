@@ -2,8 +2,25 @@
 (the models' defaults differ: DeiT-S/16 uses ImageNet statistics, ViT-S/32 0.5/0.5)."""
 
 import torch
-from timm.data import create_transform
+from PIL import Image
+from timm.data import auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
+
+_timm_posterize = auto_augment.posterize
+
+
+def _posterize(img, bits_to_keep, **kwargs):
+    """timm's posterize, also for 0 bits: an all-black image, as TensorFlow's RandAugment and older Pillow
+    give. Pillow 13 (what installs here) refuses 0 bits, which RandAugment's 'inc' ops, AugMix and AutoAugment draw at their
+    extreme levels (rand-m9-mstd0.5-inc1 reaches it within a few thousand images), killing the run."""
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return _timm_posterize(img, bits_to_keep, **kwargs)
+
+
+# ops bind NAME_TO_OP's function when built, so this must happen before any transform is created
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    auto_augment.NAME_TO_OP[_name] = _posterize
 
 
 def make_transforms(aug: dict, img_size: int, mean, std, uint8_train: bool = False):

@@ -78,6 +78,22 @@ def test_uint8_transform_then_batch_finish_equals_the_float_transform():
     assert torch.allclose(finished, outs[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_posterize_to_zero_bits_is_black_not_a_crash(mode):
+    # RandAugment's 'inc' posterize at magnitude 10 keeps 0 bits, which Pillow 13 refuses outright
+    from timm.data.auto_augment import AugmentOp, rand_augment_transform
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 256, (20, 20, 3)).astype(np.uint8)).convert(mode)
+    out = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(image)
+    assert out.mode == mode and out.size == image.size and not np.asarray(out).any()
+    kept = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(image)  # 2 bits: the top 2 only
+    assert np.array_equal(np.asarray(kept), np.asarray(image) & 0xC0)
+    # the pretraining recipe of 1p-frac / OFDB / DeiT, many draws: never raises
+    random.seed(0)
+    policy = rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": (124, 116, 104)})
+    for _ in range(400):
+        policy(image.convert("RGB"))
+
+
 def test_batch_finish_random_erasing_is_per_image():
     finish = BatchFinish({"re_prob": 1.0}, [0.5] * 3, [0.5] * 3, torch.device("cpu"))
     torch.manual_seed(0)
