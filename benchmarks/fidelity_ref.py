@@ -123,7 +123,23 @@ def single_classes(path, out, n, val, size, points, seed, classes, jitter=True):
         Image.fromarray(image).save(os.path.join(tmp, split, f"{c:04d}", f"{i:07d}.png"), compress_level=1)
     np.save(os.path.join(tmp, "systems.npy"), np.stack([np.pad(as_rows(s), ((0, 4 - len(s)), (0, 0)))
                                                          for s in systems]))
+    write_systems_json(tmp)
     os.rename(tmp, out)
+
+
+def write_systems_json(folder):
+    """folder/systems.npy (class systems zero-padded to 4 maps) as folder/systems.json, the systems file
+    fractalgen reads (`fractalgen render --kind single --systems FILE`: the same classes, rendered by
+    fractalgen). Written here by hand in fractalgen/systems.py's format: this venv cannot import fractalgen."""
+    import json
+
+    padded = np.load(os.path.join(folder, "systems.npy"), allow_pickle=False)
+    systems = [s[np.abs(s).sum(1) > 0].tolist() for s in padded]  # drop the padding maps
+    doc = {"format": "fractalgen-systems/1", "source": "catalys1/fractal-pretraining ifs.sample_system (2-4 maps)",
+           "systems": systems}
+    with open(os.path.join(folder, "systems.json.tmp"), "w") as f:
+        json.dump(doc, f)
+    os.replace(os.path.join(folder, "systems.json.tmp"), os.path.join(folder, "systems.json"))
 
 
 def background(path, n, size, seed):
@@ -263,7 +279,10 @@ def search(path, n, seed):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search", "background", "single-classes"])
+    p.add_argument("kind", choices=["single", "multi", "fractaldb", "search", "background", "single-classes",
+                                    "systems-json"],
+                   help="systems-json: write OUT/systems.json (fractalgen's format) from a single-classes folder "
+                        "made before that file was written (PATH is not read)")
     p.add_argument("path", help="the reference checkout")
     p.add_argument("out", help="output .npz (single-classes: the class folder to create)")
     p.add_argument("--n", type=int, default=5000)
@@ -278,6 +297,10 @@ def main():
                    help="single-classes: switch the reference's default parameter jitter off (jitter_params=False)")
     p.add_argument("--weights", default="0.4", help="fractaldb: weights_X.csv (the release script's 0.4)")
     a = p.parse_args()
+    if a.kind == "systems-json":
+        if not os.path.isfile(os.path.join(a.out, "systems.npy")):
+            sys.exit(f"error: {a.out} has no systems.npy; give a folder made by single-classes")
+        return write_systems_json(a.out)
     if not os.path.isdir(a.path):
         sys.exit(f"error: reference checkout {a.path} does not exist")
     if a.kind == "single-classes":

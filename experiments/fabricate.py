@@ -101,5 +101,16 @@ def imagenet(root: str, seed: int = 0) -> str:
     return imagefolder(root, per_class=8, seed=seed, names=[f"n0{1440764 + i:07d}" for i in range(4)], ext="JPEG")
 
 
-BY_FORMAT = {"cifar10": cifar10, "cifar100": cifar100, "stl10": stl10, "plant_pathology": plant_pathology,
+def systems(root: str, classes: int = 8, seed: int = 0) -> str:
+    """root/systems.json: a fractalgen systems file (sigma-factor systems), e.g. beside a class folder."""
+    from fractalgen.systems import save_systems, sigma_class_system
+
+    os.makedirs(root, exist_ok=True)
+    if not os.path.exists(os.path.join(root, "systems.json")):
+        save_systems(os.path.join(root, "systems.json"), [sigma_class_system(seed, c) for c in range(classes)],
+                     {"source": "fabricated for --smoke"})
+    return root
+
+
+BY_FORMAT = {"systems": systems, "cifar10": cifar10, "cifar100": cifar100, "stl10": stl10, "plant_pathology": plant_pathology,
              "imagefolder": imagefolder, "imagenet": imagenet}

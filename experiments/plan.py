@@ -85,6 +85,8 @@ class Plan:
                     args += [f"--{key.replace('_', '-')}", str(opts[key])]
             for key, value in (opts.get("options") or {}).items():
                 args += ["--option", f"{key}={yaml_value(value)}"]
+            if opts.get("systems"):
+                args += ["--systems", self._systems_file(opts["systems"], f"render entry {name}")]
             self.steps.append(Step(f"render/{name}", "render", None, args, os.path.join(folder, "dataset.json"),
                                    images=opts.get("n")))
             folders[name] = (folder, opts.get("n"), kind)
@@ -139,6 +141,18 @@ class Plan:
             return load_config(config, overrides(over), schema)
         except UserError as e:
             raise UserError(f"step {name}: {e}") from None
+
+    def _systems_file(self, name: str, who: str) -> str:
+        """The systems file a render draws its classes from: dataset `name` if it is a file, else its
+        systems.json (checked now, not when the render starts)."""
+        path = self._external(name, who)
+        if os.path.isfile(path):
+            return path
+        file = os.path.join(path, "systems.json")
+        if os.path.isdir(path) and not os.path.isfile(file):
+            raise UserError(f"{who} draws its classes from {name}, but {file} does not exist; pass "
+                            f"--data {name}= a systems file or a folder holding systems.json")
+        return file
 
     def _external(self, name: str, who: str) -> str:
         if name not in self.data:

@@ -62,7 +62,11 @@ def needed_data(exp: dict) -> dict:
     ft = exp["finetune"]
     configs = ft["datasets"] or {"data": ft["config"]}
     needed = {name: load_config(configs[name])["data"]["format"] for name in dataset_names(exp)}
-    rendered = set((exp["render"] or {}).get("kinds") or {})
+    render = exp["render"] or {}
+    rendered = set(render.get("kinds") or {})
+    for opts in [render.get("common") or {}, *(render.get("kinds") or {}).values()]:
+        if opts.get("systems"):
+            needed.setdefault(opts["systems"], "systems")  # a class folder that holds systems.json stays one
     for job in exp["pretrain"]:
         for kind in job["kinds"]:
             if kind not in rendered:
@@ -99,6 +103,16 @@ def smoke_data(needed: dict, data: dict, out: str) -> dict:
             open(os.path.join(path, ".complete"), "w").close()
         data[name] = path
     return data
+
+
+def smoke_systems(exp: dict, data: dict, out: str) -> None:
+    """A systems.json in every fabricated dataset a render draws its classes from (fractalgen's own
+    sigma-factor systems, enough for the smoke's classes)."""
+    render = exp["render"] or {}
+    for opts in [render.get("common") or {}, *(render.get("kinds") or {}).values()]:
+        path = data.get(opts.get("systems"))
+        if path and os.path.abspath(path).startswith(os.path.abspath(os.path.join(out, "smoke-data"))):
+            fabricate.systems(path)
 
 
 def smoke_published(exp: dict, out: str) -> list[str]:
@@ -162,6 +176,7 @@ def _main(args) -> None:
             torch.set_num_threads(1)
             claim_folder({**exp, "smoke": True}, out)
             data = smoke_data(needed, data, out)
+            smoke_systems(exp, data, out)
             published = smoke_published(exp, out)
             if published:
                 print(f"[experiment] smoke: published weights fabricated (random, shrunk) in an offline Hugging Face "

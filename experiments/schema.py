@@ -17,7 +17,7 @@ import yaml
 from common.config import apply_override, merge
 from common.errors import UserError
 from common.schema import validate
-from fractalgen.kinds import KINDS
+from fractalgen.kinds import KINDS, takes_systems_file
 
 STAGES = ("render", "pretrain", "finetune", "analysis", "report")
 
@@ -38,8 +38,11 @@ def _dict():
 class RenderOptions:
     """One `fractalgen render` (unset: fractalgen's default); `options` are its --option key=value.
     `kind`: the fractalgen kind when the entry's name is a variant of one, e.g.
-    `single-refcolour: {kind: single, options: {reference_colour: true}}` (default: the name)."""
+    `single-refcolour: {kind: single, options: {reference_colour: true}}` (default: the name).
+    `systems`: the name of a --data dataset whose class systems the kind renders (its systems.json, or
+    the file itself): e.g. the reference generator's classes, drawn by fractalgen."""
     kind: Optional[str] = _opt()
+    systems: Optional[str] = _opt()
     n: Optional[int] = _opt(ge=1)
     classes: Optional[int] = _opt(ge=1)
     size: Optional[int] = _opt(ge=8)
@@ -143,6 +146,11 @@ def check_experiment(raw: dict, where: str) -> dict:
             if (opts["kind"] or name) not in KINDS:
                 raise UserError(f"{where}: render.kinds.{name}: {opts['kind'] or name!r} is not a fractalgen kind "
                                 f"(one of {', '.join(KINDS)}); a variant names its kind, as {name}: {{kind: single, ...}}")
+            kind = opts["kind"] or name
+            if (opts["systems"] or render["common"].get("systems")) and not takes_systems_file(kind):
+                takers = [k for k in KINDS if takes_systems_file(k)]
+                raise UserError(f"{where}: render.kinds.{name}: systems applies to {' / '.join(takers)} only "
+                                f"({kind} class parameters come from the seed)")
         exp["render"] = render
     exp["pretrain"] = [check(job, PretrainJob, where, f"pretrain[{i}].") for i, job in enumerate(exp["pretrain"])]
     exp["finetune"] = check(exp["finetune"], Finetune, where, "finetune.")

@@ -8,7 +8,7 @@ import sys
 from . import __version__
 from .card import check_shard, load_card
 from .errors import UserError
-from .kinds import KIND_TABLE, KINDS, DatasetSpec, render_sample, resolve_options
+from .kinds import KIND_TABLE, KINDS, DatasetSpec, render_sample, resolve_options, takes_systems_file
 from .preview import caption, contact_sheet, samples_from_shards, save_sheet
 from .search import SEARCH_DEFAULTS, search, search_to_file
 from .systems import load_systems
@@ -42,7 +42,8 @@ def _spec_args(p, n_required: bool):
                    help="chaos-game points per fractal (default 100000; ofdb 200000 as published)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default 0)")
     p.add_argument("--color", action="store_true", default=None, help="fractaldb: colour (fractalgen's drawing) instead of the official gray on black")
-    p.add_argument("--systems", help="fractaldb: class systems file from `fractalgen search` (default: search now)")
+    p.add_argument("--systems", help="class systems file (`fractalgen search`'s JSON): fractaldb / ofdb default to a "
+                   "search now; single / multi draw their classes from it instead of from the seed")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any other render option, e.g. blur_p=0 or objects=[1,3] (see dataset.json options)")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
@@ -92,18 +93,18 @@ def spec_from_args(args) -> DatasetSpec:
             overrides[key] = getattr(args, key)
     kind = KIND_TABLE[args.kind]
     with_color = [name for name, k in KIND_TABLE.items() if "color" in k.defaults]
-    if args.systems and not kind.searched:
-        searched = [name for name, k in KIND_TABLE.items() if k.searched]
-        raise UserError(f"--systems applies to --kind {' / '.join(searched)} only "
+    if args.systems and not takes_systems_file(args.kind):
+        takers = [name for name in KIND_TABLE if takes_systems_file(name)]
+        raise UserError(f"--systems applies to --kind {' / '.join(takers)} only "
                         f"({args.kind} class parameters come from the seed)")
     if overrides.get("color") and "color" not in kind.defaults:
         raise UserError(f"--color applies to --kind {' / '.join(with_color)} only ({args.kind} sets its own colours)")
     resolve_options(args.kind, args.n, classes, overrides)  # bad options fail now, not after a long search
     systems = info = None
-    if kind.searched:
-        if args.systems:
-            systems, info = load_systems(args.systems)
-        elif classes > 0 and args.n > 0:
+    if args.systems:
+        systems, info = load_systems(args.systems)
+    elif kind.searched:
+        if classes > 0 and args.n > 0:
             systems, info = search(classes, seed=overrides.get("seed", 0), workers=args.workers)
     return DatasetSpec.create(args.kind, args.n, classes, systems=systems, systems_info=info, **overrides)
 

@@ -142,12 +142,15 @@ def _searched_systems(options: dict, systems: list | None, info: dict | None) ->
         raise UserError(f"{options['kind']} needs class systems: run `fractalgen search` or pass --systems FILE")
     if len(systems) < classes:
         raise UserError(f"the systems file has {len(systems)} systems but --classes is {classes}; "
-                        f"search for more classes or lower --classes")
+                        f"use a file with more systems or lower --classes")
     return [np.asarray(s, np.float64) for s in systems[:classes]], info
 
 
 def _sigma_systems(options: dict, systems, info) -> tuple[list, dict]:
-    """One sigma-factor system per class, from (seed, class)."""
+    """One sigma-factor system per class, from (seed, class); or, when given (--systems), the first
+    `classes` systems of a file (e.g. another generator's classes, to compare renderers on the same ones)."""
+    if systems is not None:
+        return _searched_systems(options, systems, info)
     systems = [sigma_class_system(options["seed"], c) for c in range(options["classes"])]
     return systems, {"sampling": "sigma-factor SVD (Anderson & Farrell), 2-4 maps, from (seed, class)"}
 
@@ -401,6 +404,7 @@ class Kind:
     make_systems: Callable  # (options, systems given or None, their info) -> (class parameters, info)
     render: Callable  # (spec, index) -> Sample
     searched: bool = False  # class systems come from `fractalgen search` (the CLI / pretrain run it)
+    systems_file: bool = False  # may draw its classes from a systems file (--systems) instead of its seed
     multilabel: bool = False
     channels: Callable = lambda options: 3  # image channels for these options
     check: Callable | None = None  # kind-specific validation of the resolved options (raise UserError)
@@ -421,11 +425,11 @@ KIND_TABLE = {
                       _render_fractaldb, searched=True, channels=lambda o: 3 if o["color"] else 1,
                       check=_check_fractaldb, legacy={"official_draw": False}),
     "single": Kind({"window": [0.5, 2.0], "shift": 0.2, "flips": True, "jitter": 0.0, "background": True,
-                    **_COLOUR_DEFAULTS, "min_fill": 0.002}, _sigma_systems, _render_single),
+                    **_COLOUR_DEFAULTS, "min_fill": 0.002}, _sigma_systems, _render_single, systems_file=True),
     # reference_resize: instances drawn at half size and resized bilinearly, as the public code (off by default)
     "multi": Kind({"objects": [1, 5], "object_size": [0.15, 0.6], "flips": True, "background": True,
                    "reference_resize": False, **_COLOUR_DEFAULTS, "min_visible": 0.1, "min_object_points": 5_000}, _sigma_systems, _render_multi,
-                  multilabel=True),
+                  multilabel=True, systems_file=True),
     "rcdb": Kind(contours.RCDB_DEFAULTS, contours.make_class_params, contours.render_contour_sample,
                  channels=lambda o: 1, check=contours.check_options, load_systems=contours.load_class_params,
                  notes=tuple(contours.NOTES["rcdb"])),
@@ -441,6 +445,11 @@ KIND_TABLE = {
 }
 KINDS = tuple(KIND_TABLE)
 DEFAULTS = {name: entry.defaults for name, entry in KIND_TABLE.items()}
+
+
+def takes_systems_file(kind: str) -> bool:
+    """Whether `kind` can render the class systems of a systems file (--systems)."""
+    return kind in KIND_TABLE and (KIND_TABLE[kind].searched or KIND_TABLE[kind].systems_file)
 
 
 def uses_searched_systems(kind: str) -> bool:

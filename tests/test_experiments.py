@@ -131,6 +131,30 @@ def test_a_render_variant_renders_its_kind_into_its_own_folder_and_pretrains_as_
     assert by_name["finetune/low/vit-single-ref-s0"].needs == ["/X/pretrain/vit-single-ref/model.safetensors"]
 
 
+def test_a_render_entry_draws_its_classes_from_a_datasets_systems_file(tmp_path):
+    from common.errors import UserError
+    from experiments.fabricate import systems
+
+    raw = {"render": {"common": {"n": 100}, "kinds": {"single-theirs": {"kind": "single", "systems": "ref"}}},
+           "pretrain": [{"name": "vit", "config": "configs/pretrain/deit_s16_{kind}.yaml", "kinds": ["single-theirs"]}],
+           "finetune": {"config": "configs/finetune/cifar10.yaml", "regimes": {"low": {}}}}
+    exp = check_experiment(raw, "x.yaml")
+    assert needed_data(exp)["ref"] == "systems"
+    ref = systems(str(tmp_path / "ref"))
+    render = Plan(exp, {"data": "/c10", "ref": ref}, "/X").steps[0].args
+    assert render[render.index("--systems") + 1] == os.path.join(ref, "systems.json")
+    file = os.path.join(ref, "systems.json")  # the dataset may be the file itself
+    assert Plan(exp, {"data": "/c10", "ref": file}, "/X").steps[0].args[-1] == file
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="systems.json does not exist"):
+        Plan(exp, {"data": "/c10", "ref": str(tmp_path / "empty")}, "/X")
+    with pytest.raises(UserError, match="needs the ref dataset"):
+        Plan(exp, {"data": "/c10"}, "/X")
+    raw["render"]["kinds"]["single-theirs"]["kind"] = "rcdb"
+    with pytest.raises(UserError, match="systems applies to fractaldb / single / multi / ofdb only"):
+        check_experiment(raw, "x.yaml")
+
+
 def test_stl10_regimes_pick_sources_by_pattern_and_published_weights_by_tag():
     plan = Plan(experiment("stl10_transfer"), {"data": "/stl"}, "/X")
     runs = {s.name: s for s in plan.steps if s.stage == "finetune"}

@@ -194,3 +194,17 @@ def test_a_card_without_the_new_options_still_renders(tmp_path):
     again = DatasetSpec.from_card({"options": card}, str(tmp_path))
     assert again.options["official_draw"] is False
     assert np.array_equal(render_sample(again, 0).image, render_sample(drawn_before, 0).image)
+
+
+def test_reference_class_systems_become_a_fractalgen_systems_file(tmp_path):
+    # single-classes saves the reference's systems zero-padded to 4 maps; fractalgen reads them unpadded
+    import fidelity_ref
+    from fractalgen.systems import load_systems
+
+    a = np.arange(1, 13, dtype=np.float64).reshape(2, 6) / 20  # 2 maps
+    b = -np.arange(1, 25, dtype=np.float64).reshape(4, 6) / 40  # 4 maps
+    np.save(tmp_path / "systems.npy", np.stack([np.pad(a, ((0, 2), (0, 0))), b]))
+    fidelity_ref.write_systems_json(str(tmp_path))
+    systems, info = load_systems(str(tmp_path / "systems.json"))
+    assert len(systems) == 2 and np.array_equal(systems[0], a) and np.array_equal(systems[1], b)
+    assert "catalys1" in info["source"]

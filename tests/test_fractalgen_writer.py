@@ -205,6 +205,29 @@ def test_malformed_systems_file(tmp_path):
     assert result.returncode == 2 and "system 0" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_single_and_multi_draw_their_classes_from_a_systems_file(tmp_path, kind):
+    # seed 7's classes given as a file to a seed-7 render: every sample is seed 7's own, byte for byte
+    from fractalgen.kinds import render_sample
+    from fractalgen.systems import load_systems, save_systems, sigma_class_system
+
+    theirs = [sigma_class_system(7, c) for c in range(4)]
+    path = str(tmp_path / "systems.json")
+    save_systems(path, theirs, {"source": "seed 7"})
+    given = DatasetSpec.create(kind, 6, 3, systems=load_systems(path)[0], size=32, points=2000, seed=7)
+    seven = DatasetSpec.create(kind, 6, 3, size=32, points=2000, seed=7)
+    zero = DatasetSpec.create(kind, 6, 3, size=32, points=2000, seed=0)
+    assert len(given.systems) == 3 and all(np.array_equal(a, b) for a, b in zip(given.systems, theirs))
+    for i in range(6):
+        a, b = render_sample(given, i), render_sample(seven, i)
+        assert np.array_equal(a.image, b.image) and a.classes == b.classes
+    assert not all(np.array_equal(a, b) for a, b in zip(given.systems, zero.systems))
+    out = tmp_path / "o"
+    assert main(["render", "--kind", kind, "--n", "6", "--systems", path, "--out", str(out), "--workers", "1", *FAST]) == 0
+    written, _ = load_systems(str(out / "systems.json"))
+    assert all(np.array_equal(a, b) for a, b in zip(written, theirs[:3])) and len(written) == 3
+
+
 def test_full_disk_leaves_no_final_shard(tmp_path, monkeypatch, capsys):
     import fractalgen.writer as writer
 
