@@ -62,16 +62,21 @@ def needed_data(exp: dict) -> dict:
     ft = exp["finetune"]
     configs = ft["datasets"] or {"data": ft["config"]}
     needed = {name: load_config(configs[name])["data"]["format"] for name in dataset_names(exp)}
-    render = exp["render"] or {}
-    rendered = set(render.get("kinds") or {})
-    for opts in [render.get("common") or {}, *(render.get("kinds") or {}).values()]:
-        if opts.get("systems"):
-            needed.setdefault(opts["systems"], "systems")  # a class folder that holds systems.json stays one
+    rendered = set((exp["render"] or {}).get("kinds") or {})
+    for name in systems_sources(exp):
+        needed.setdefault(name, "systems")  # a class folder that holds systems.json stays one
     for job in exp["pretrain"]:
         for kind in job["kinds"]:
             if kind not in rendered:
                 needed[kind] = load_config(job["config"].replace("{kind}", kind))["data"]["source"]
     return needed
+
+
+def systems_sources(exp: dict) -> set[str]:
+    """The datasets render entries draw their class systems from (their `systems`)."""
+    render = exp["render"] or {}
+    entries = [render.get("common") or {}, *(render.get("kinds") or {}).values()]
+    return {opts["systems"] for opts in entries if opts.get("systems")}
 
 
 def resolve_data(given: list[str], needed: dict) -> dict:
@@ -89,8 +94,9 @@ def resolve_data(given: list[str], needed: dict) -> dict:
     return data
 
 
-def smoke_data(needed: dict, data: dict, out: str) -> dict:
-    """Fabricated data (real formats, random pixels) for every needed dataset not given."""
+def smoke_data(needed: dict, data: dict, out: str, systems: set = frozenset()) -> dict:
+    """Fabricated data (real formats, random pixels) for every needed dataset not given; those in
+    `systems` also hold a systems.json (fractalgen's own sigma-factor systems)."""
     data = dict(data)
     for name, fmt in needed.items():
         if name in data:
@@ -100,19 +106,11 @@ def smoke_data(needed: dict, data: dict, out: str) -> dict:
         path = os.path.join(out, "smoke-data", name)
         if not os.path.exists(os.path.join(path, ".complete")):
             fabricate.BY_FORMAT[fmt](path)
+            if name in systems:
+                fabricate.systems(path)
             open(os.path.join(path, ".complete"), "w").close()
         data[name] = path
     return data
-
-
-def smoke_systems(exp: dict, data: dict, out: str) -> None:
-    """A systems.json in every fabricated dataset a render draws its classes from (fractalgen's own
-    sigma-factor systems, enough for the smoke's classes)."""
-    render = exp["render"] or {}
-    for opts in [render.get("common") or {}, *(render.get("kinds") or {}).values()]:
-        path = data.get(opts.get("systems"))
-        if path and os.path.abspath(path).startswith(os.path.abspath(os.path.join(out, "smoke-data"))):
-            fabricate.systems(path)
 
 
 def smoke_published(exp: dict, out: str) -> list[str]:
@@ -175,8 +173,7 @@ def _main(args) -> None:
 
             torch.set_num_threads(1)
             claim_folder({**exp, "smoke": True}, out)
-            data = smoke_data(needed, data, out)
-            smoke_systems(exp, data, out)
+            data = smoke_data(needed, data, out, systems_sources(exp))
             published = smoke_published(exp, out)
             if published:
                 print(f"[experiment] smoke: published weights fabricated (random, shrunk) in an offline Hugging Face "

@@ -103,9 +103,8 @@ def spec_from_args(args) -> DatasetSpec:
     systems = info = None
     if args.systems:
         systems, info = load_systems(args.systems)
-    elif kind.searched:
-        if classes > 0 and args.n > 0:
-            systems, info = search(classes, seed=overrides.get("seed", 0), workers=args.workers)
+    elif kind.searched and classes > 0 and args.n > 0:
+        systems, info = search(classes, seed=overrides.get("seed", 0), workers=args.workers)
     return DatasetSpec.create(args.kind, args.n, classes, systems=systems, systems_info=info, **overrides)
 
 
