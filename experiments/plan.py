@@ -103,8 +103,8 @@ class Plan:
         for job in self.exp["pretrain"]:
             kinds = [(kind, kind, {}) for kind in job["kinds"]]
             if budget.get("job") == job["name"]:
-                kinds += [(budget["kind"], f"{budget['kind']}-{count(n)}", {"data.train_samples": n})
-                          for n in budget["images"]]
+                kinds += [(kind, f"{kind}-{count(n)}", {"data.train_samples": n})
+                          for kind in budget["kinds"] for n in budget["images"]]
             for kind, source, extra in kinds:
                 run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
                 config = job["config"].replace("{kind}", folders[kind][2] if kind in folders else kind)
@@ -167,8 +167,7 @@ class Plan:
         out += [(kind, self.weights[(job["name"], kind)], self.weights[(job["name"], kind)]) for kind in job["kinds"]]
         budget = self.exp["budget"] or {}
         if budget.get("job") == job["name"] and (regime is None or regime in budget["regimes"]):
-            for n in budget["images"]:
-                source = f"{budget['kind']}-{count(n)}"
+            for source in (f"{kind}-{count(n)}" for kind in budget["kinds"] for n in budget["images"]):
                 out.append((source, self.weights[(job["name"], source)], self.weights[(job["name"], source)]))
         for source, tag in job["published"].items():
             out.append((source, f"timm:{job['model']}.{tag}", None))

@@ -70,9 +70,10 @@ class PretrainJob:
 
 @dataclass
 class Budget:
-    """The same pretraining at other image counts (data.train_samples), fine-tuned in `regimes`."""
+    """The same pretraining at other image counts (data.train_samples), fine-tuned in `regimes`:
+    every kind in `kinds` at every count in `images`."""
     job: str = _opt()
-    kind: str = _opt()
+    kinds: list[str] = _list()
     images: list[int] = _list(ge=1)
     regimes: list[str] = _list()
 
@@ -195,6 +196,8 @@ def _check_names(exp: dict, where: str) -> None:
     budget = exp["budget"]
     if budget and budget["job"] not in names:
         raise UserError(f"{where}: budget.job {budget['job']!r} is not a pretrain job ({', '.join(names)})")
+    if budget and not budget["kinds"]:
+        raise UserError(f"{where}: budget.kinds is empty; name the kinds to pretrain at other budgets, e.g. [single]")
     for job in (exp["analysis"] or {}).get("jobs", []):
         if job not in names:
             raise UserError(f"{where}: analysis job {job!r} is not a pretrain job ({', '.join(names)})")

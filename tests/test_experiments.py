@@ -131,6 +131,30 @@ def test_a_render_variant_renders_its_kind_into_its_own_folder_and_pretrains_as_
     assert by_name["finetune/low/vit-single-ref-s0"].needs == ["/X/pretrain/vit-single-ref/model.safetensors"]
 
 
+def test_a_budget_pretrains_every_kind_at_every_count_and_fine_tunes_them_in_its_regimes():
+    from common.errors import UserError
+
+    exp = check_experiment({
+        "render": {"common": {"n": 100}, "kinds": {"single": {}, "rcdb": {}}},
+        "pretrain": [{"name": "vit", "config": "configs/pretrain/deit_s16_single.yaml", "kinds": []}],
+        "budget": {"job": "vit", "kinds": ["rcdb", "single"], "images": [300, 1000], "regimes": ["low"]},
+        "finetune": {"config": "configs/finetune/cifar10.yaml", "regimes": {"low": {}, "full": {}}}}, "x.yaml")
+    steps = Plan(exp, {"data": "/c10"}, "/X").steps
+    pretrain = {s.name: s for s in steps if s.stage == "pretrain"}
+    assert list(pretrain) == ["pretrain/vit-rcdb-1k", "pretrain/vit-single-1k",  # the most images first
+                              "pretrain/vit-rcdb-300", "pretrain/vit-single-300"]
+    assert "data.train_samples=300" in pretrain["pretrain/vit-rcdb-300"].args
+    assert pretrain["pretrain/vit-rcdb-300"].args[3] == "/X/data/rcdb"
+    finetunes = {s.name for s in steps if s.stage == "finetune"}
+    assert {n.rsplit("-s", 1)[0] for n in finetunes} == {
+        "finetune/low/vit-scratch", "finetune/full/vit-scratch", "finetune/low/vit-rcdb-300", "finetune/low/vit-rcdb-1k",
+        "finetune/low/vit-single-300", "finetune/low/vit-single-1k"}
+    with pytest.raises(UserError, match="budget.kinds is empty"):
+        check_experiment({**exp, "budget": {"job": "vit", "images": [10]}}, "x.yaml")
+    with pytest.raises(UserError, match=r"unknown key 'budget.kind'; did you mean budget.kinds"):
+        check_experiment({**exp, "budget": {"job": "vit", "kind": "single", "images": [10]}}, "x.yaml")
+
+
 def test_a_render_entry_draws_its_classes_from_a_datasets_systems_file(tmp_path):
     from common.errors import UserError
     from experiments.fabricate import systems
@@ -211,7 +235,7 @@ def test_unknown_and_wrong_keys_are_named():
     with pytest.raises(UserError, match="resources.gpu is not a stage"):
         check_experiment({**base, "resources": {"gpu": {}}}, "x.yaml")
     with pytest.raises(UserError, match="budget.job 'vit' is not a pretrain job"):
-        check_experiment({**base, "budget": {"job": "vit", "kind": "single", "images": [10]}}, "x.yaml")
+        check_experiment({**base, "budget": {"job": "vit", "kinds": ["single"], "images": [10]}}, "x.yaml")
     # a stage key is checked against the stage's schema when the plan is made, before anything runs
     exp = check_experiment({"pretrain": [{"name": "r", "model": "resnet18"}], "finetune": {
         "config": "configs/finetune/cifar10.yaml", "regimes": {"low": {"augmnet": "none"}}}}, "x.yaml")
