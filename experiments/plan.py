@@ -93,18 +93,22 @@ class Plan:
         return folders
 
     # --- pretrain -------------------------------------------------------------------------------
+    def _budget_runs(self, job: dict) -> list[tuple[str, str, int]]:
+        """(kind, source, images) of the budget runs a job makes: every budget kind at every count."""
+        budget = self.exp["budget"] or {}
+        if budget.get("job") != job["name"]:
+            return []
+        return [(kind, f"{kind}-{count(n)}", n) for kind in budget["kinds"] for n in budget["images"]]
+
     def _pretrain(self, folders: dict) -> None:
         """One run per (job, kind), plus the budget runs (the same pretraining at other numbers of
         images, sources like `single-300k`). The runs with the most images start first (so the
         longest does not finish alone at the end); the rest keep file order."""
         runs = []
-        budget = self.exp["budget"] or {}
         default_n = ((self.exp["render"] or {}).get("common") or {}).get("n") or 0
         for job in self.exp["pretrain"]:
             kinds = [(kind, kind, {}) for kind in job["kinds"]]
-            if budget.get("job") == job["name"]:
-                kinds += [(kind, f"{kind}-{count(n)}", {"data.train_samples": n})
-                          for kind in budget["kinds"] for n in budget["images"]]
+            kinds += [(kind, source, {"data.train_samples": n}) for kind, source, n in self._budget_runs(job)]
             for kind, source, extra in kinds:
                 run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
                 config = job["config"].replace("{kind}", folders[kind][2] if kind in folders else kind)
@@ -165,9 +169,8 @@ class Plan:
         budget runs (in the budget's regimes) and its published tags."""
         out = [("scratch", "scratch", None)] if job["scratch"] else []
         out += [(kind, self.weights[(job["name"], kind)], self.weights[(job["name"], kind)]) for kind in job["kinds"]]
-        budget = self.exp["budget"] or {}
-        if budget.get("job") == job["name"] and (regime is None or regime in budget["regimes"]):
-            for source in (f"{kind}-{count(n)}" for kind in budget["kinds"] for n in budget["images"]):
+        if regime is None or regime in (self.exp["budget"] or {}).get("regimes", []):
+            for _, source, _ in self._budget_runs(job):
                 out.append((source, self.weights[(job["name"], source)], self.weights[(job["name"], source)]))
         for source, tag in job["published"].items():
             out.append((source, f"timm:{job['model']}.{tag}", None))

@@ -184,20 +184,22 @@ def _check_names(exp: dict, where: str) -> None:
     names = [job["name"] for job in exp["pretrain"]]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: pretrain job names must differ, got {names}")
-    rendered = set((exp["render"] or {}).get("kinds") or {})
-    for job in exp["pretrain"]:
-        if job["kinds"] and not job["config"]:
-            raise UserError(f"{where}: job {job['name']} pretrains on {', '.join(job['kinds'])} but has no config")
-        if job["kinds"] and "{kind}" not in job["config"] and len(job["kinds"]) > 1 and any(k not in rendered for k in job["kinds"]):
-            raise UserError(f"{where}: job {job['name']} pretrains on external data with one config; "
-                            f"write config as ...{{kind}}.yaml")
-        if job["published"] and not job["model"]:
-            raise UserError(f"{where}: job {job['name']} has published weights but no model (the timm name)")
     budget = exp["budget"]
     if budget and budget["job"] not in names:
         raise UserError(f"{where}: budget.job {budget['job']!r} is not a pretrain job ({', '.join(names)})")
     if budget and not budget["kinds"]:
         raise UserError(f"{where}: budget.kinds is empty; name the kinds to pretrain at other budgets, e.g. [single]")
+    rendered = set((exp["render"] or {}).get("kinds") or {})
+    for job in exp["pretrain"]:
+        # the budget's kinds are pretrained by its job with the job's config, like the job's own kinds
+        kinds = job["kinds"] + (budget["kinds"] if budget and budget["job"] == job["name"] else [])
+        if kinds and not job["config"]:
+            raise UserError(f"{where}: job {job['name']} pretrains on {', '.join(kinds)} but has no config")
+        if kinds and "{kind}" not in job["config"] and len(set(kinds)) > 1 and any(k not in rendered for k in kinds):
+            raise UserError(f"{where}: job {job['name']} pretrains on external data with one config; "
+                            f"write config as ...{{kind}}.yaml")
+        if job["published"] and not job["model"]:
+            raise UserError(f"{where}: job {job['name']} has published weights but no model (the timm name)")
     for job in (exp["analysis"] or {}).get("jobs", []):
         if job not in names:
             raise UserError(f"{where}: analysis job {job!r} is not a pretrain job ({', '.join(names)})")
