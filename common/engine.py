@@ -39,6 +39,7 @@ from .errors import UserError
 from .io import atomic_write, write_json
 from .metrics import StreamingMetrics
 from .models import classifier_parameters
+from .schema import warmup_problem
 
 CHECKPOINT_FORMAT = "fractal-pretraining-checkpoint/1"
 
@@ -230,6 +231,8 @@ class Trainer:
             self.optimizer, sched=opt_cfg["sched"], num_epochs=epochs, warmup_epochs=opt_cfg["warmup_epochs"],
             warmup_lr=opt_cfg["warmup_lr"], min_lr=opt_cfg["min_lr"], decay_epochs=opt_cfg["decay_epochs"],
             decay_rate=opt_cfg["decay_rate"], step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+        if problem := warmup_problem(cfg):
+            accelerator.print(f"warning: {problem}", file=sys.stderr)
         self.ema = None
         if cfg["ema"]["enabled"]:
             self.ema = ModelEmaV3(accelerator.unwrap_model(self.model), decay=cfg["ema"]["decay"])

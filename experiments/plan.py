@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from common.config import load_config
+from common.schema import warmup_problem
 from common.errors import UserError
 from experiments import smoke as smoke_scale
 
@@ -142,9 +143,12 @@ class Plan:
         else:
             schema = None
         try:
-            return load_config(config, overrides(over), schema)
+            cfg = load_config(config, overrides(over), schema)
         except UserError as e:
             raise UserError(f"step {name}: {e}") from None
+        if self.check and (problem := warmup_problem(cfg)):
+            raise UserError(f"step {name}: {problem} (in the regime or job that makes this step)")
+        return cfg
 
     def _systems_file(self, name: str, who: str) -> str:
         """The systems file a render draws its classes from: dataset `name` if it is a file, else its

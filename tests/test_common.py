@@ -10,6 +10,7 @@ import torch
 from common import metrics
 from common.config import load_config, save_config
 from common.errors import UserError
+from common.schema import warmup_problem
 from common.models import create_model, export_model
 
 
@@ -108,3 +109,14 @@ def test_user_error_from_a_dataloader_worker_is_one_line(capsys):
         run_main(lambda: list(torch.utils.data.DataLoader(_Unreadable(), num_workers=1)))
     assert e.value.code == 2
     assert capsys.readouterr().err == "error: img0.png: image does not decode; replace it\n"
+
+
+def test_warmup_problem_only_when_the_warmup_is_the_whole_run():
+    def cfg(epochs, warmup):
+        return {"epochs": epochs, "optim": {"warmup_epochs": warmup}}
+
+    assert warmup_problem(cfg(2, 1)) is None and warmup_problem(cfg(1, 0)) is None
+    assert warmup_problem(cfg(1, 0.25)) is None
+    for epochs, warmup in ((1, 1), (1, 1.5), (5, 5)):
+        problem = warmup_problem(cfg(epochs, warmup))
+        assert f"optim.warmup_epochs ({warmup:g}) is not less than epochs ({epochs})" in problem

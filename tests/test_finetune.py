@@ -163,7 +163,7 @@ def test_linear_probe_leaves_backbone_bit_identical(tmp_path, imagefolder):
     assert after[head + ".weight"].shape[0] == 3
 
 
-def test_vit_position_embeddings_resampled_from_224(tmp_path, imagefolder):
+def test_vit_position_embeddings_resampled_from_224(tmp_path, imagefolder, capsys):
     pre = tmp_path / "pre"
     vit = create_model("test_vit", 10, img_size=224)
     export_model(vit, str(pre), {"model": "test_vit", "num_classes": 10, "img_size": 224, "mean": [0.5] * 3,
@@ -180,6 +180,8 @@ def test_vit_position_embeddings_resampled_from_224(tmp_path, imagefolder):
     main(["--config", CFG, "--data", imagefolder, "--init", str(pre / "model.safetensors"), "--out", run,
           "epochs=1", "batch_size=8", "data.workers=0", "img_size=48"])
     assert json.load(open(os.path.join(run, "model.json")))["img_size"] == 48
+    # the base recipe's 1-epoch warm-up is the whole of this 1-epoch run: trained, with a warning
+    assert "warning: optim.warmup_epochs (1) is not less than epochs (1)" in capsys.readouterr().err
     assert load_file(os.path.join(run, "model.safetensors"))["pos_embed"].shape == (1, 10, 64)
 
 
