@@ -111,7 +111,7 @@ def warmup_problem(cfg: dict) -> str | None:
     """A warm-up as long as the run: the learning rate only rises and the last epoch, the reported
     one, is trained at its peak. A quick `epochs=1` try may want that; a study's result must not."""
     warmup, epochs = cfg["optim"]["warmup_epochs"], cfg["epochs"]
-    if 0 < epochs <= warmup:
+    if warmup >= epochs:  # epochs >= 1, so a warm-up of 0 never is
         return (f"optim.warmup_epochs ({warmup:g}) is not less than epochs ({epochs}): the learning rate would "
                 f"only rise and the run end at its peak; lower optim.warmup_epochs (e.g. {epochs / 4:g}) or raise epochs")
     return None

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from common.config import load_config
-from common.schema import warmup_problem
 from common.errors import UserError
+from common.schema import warmup_problem
 from experiments import smoke as smoke_scale
 
 # training images per epoch of each downstream format, for the --dry-run estimate
