@@ -10,8 +10,8 @@ import torch
 from common import metrics
 from common.config import load_config, save_config
 from common.errors import UserError
-from common.schema import warmup_problem
 from common.models import create_model, export_model
+from common.schema import warmup_problem
 
 
 def test_config_inheritance_and_overrides(tmp_path):
