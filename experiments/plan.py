@@ -101,16 +101,27 @@ class Plan:
             return []
         return [(kind, f"{kind}-{count(n)}", n) for kind in budget["kinds"] for n in budget["images"]]
 
+    def _pretrainings(self, job: dict, budget: bool = True) -> list[tuple[str, str, dict]]:
+        """(kind, source, overrides) of the pretrainings a job makes: one per kind, then the budget runs
+        (when `budget`); with pretraining `seeds`, each of them once per seed (sources like single-p1),
+        seed by seed, so that a stopped experiment holds every source at its first seeds."""
+        runs = [(kind, kind, {}) for kind in job["kinds"]]
+        if budget:
+            runs += [(kind, source, {"data.train_samples": n}) for kind, source, n in self._budget_runs(job)]
+        if not job["seeds"]:
+            return runs
+        return [(kind, f"{source}-p{seed}", {**extra, "seed": seed}) for seed in job["seeds"]
+                for kind, source, extra in runs]
+
     def _pretrain(self, folders: dict) -> None:
         """One run per (job, kind), plus the budget runs (the same pretraining at other numbers of
-        images, sources like `single-300k`). The runs with the most images start first (so the
-        longest does not finish alone at the end); the rest keep file order."""
+        images, sources like `single-300k`), each once per pretraining seed when the job lists seeds.
+        The runs with the most images start first (so the longest does not finish alone at the end);
+        the rest keep file order."""
         runs = []
         default_n = ((self.exp["render"] or {}).get("common") or {}).get("n") or 0
         for job in self.exp["pretrain"]:
-            kinds = [(kind, kind, {}) for kind in job["kinds"]]
-            kinds += [(kind, source, {"data.train_samples": n}) for kind, source, n in self._budget_runs(job)]
-            for kind, source, extra in kinds:
+            for kind, source, extra in self._pretrainings(job):
                 run_dir = os.path.join(self.out, "pretrain", f"{job['name']}-{source}")
                 config = job["config"].replace("{kind}", folders[kind][2] if kind in folders else kind)
                 over = {**job["overrides"], **extra}
@@ -172,10 +183,9 @@ class Plan:
         """(source, --init, the weights it waits for) of a job: scratch first, then its kinds, its
         budget runs (in the budget's regimes) and its published tags."""
         out = [("scratch", "scratch", None)] if job["scratch"] else []
-        out += [(kind, self.weights[(job["name"], kind)], self.weights[(job["name"], kind)]) for kind in job["kinds"]]
-        if regime is None or regime in (self.exp["budget"] or {}).get("regimes", []):
-            for _, source, _ in self._budget_runs(job):
-                out.append((source, self.weights[(job["name"], source)], self.weights[(job["name"], source)]))
+        budget = regime is None or regime in (self.exp["budget"] or {}).get("regimes", [])
+        for _, source, _ in self._pretrainings(job, budget):
+            out.append((source, self.weights[(job["name"], source)], self.weights[(job["name"], source)]))
         for source, tag in job["published"].items():
             out.append((source, f"timm:{job['model']}.{tag}", None))
         return out

@@ -64,6 +64,7 @@ class PretrainJob:
     published: dict = _dict()     # source name -> timm pretrained tag (fine-tuned with --init timm:model.tag)
     scratch: bool = _opt(True)    # also fine-tune from random weights
     overrides: dict = _dict()     # pretraining overrides
+    seeds: list[int] = _list(ge=0)  # pretraining seeds: every source once per seed (single-p0, ...); [] = the config's
     finetune_overrides: dict = _dict()  # this model's fine-tuning overrides (all its sources)
     scratch_overrides: dict = _dict()   # extra fine-tuning overrides for the scratch twin
 
@@ -184,6 +185,10 @@ def _check_names(exp: dict, where: str) -> None:
     names = [job["name"] for job in exp["pretrain"]]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: pretrain job names must differ, got {names}")
+    for job in exp["pretrain"]:
+        if len(set(job["seeds"])) != len(job["seeds"]):
+            raise UserError(f"{where}: pretrain job {job['name']}: seeds repeat ({job['seeds']}); list each "
+                            f"pretraining seed once")
     budget = exp["budget"]
     if budget and budget["job"] not in names:
         raise UserError(f"{where}: budget.job {budget['job']!r} is not a pretrain job ({', '.join(names)})")

@@ -37,10 +37,10 @@ def claim_folder(exp: dict, out: str) -> None:
 
 
 def _set_keys(value):
-    """The config without its unset (null) keys: a key added to the schema later, unset, leaves a
-    folder begun before it the same experiment."""
+    """The config without its unset keys (null, or an empty list): a key added to the schema later,
+    unset, leaves a folder begun before it the same experiment."""
     if isinstance(value, dict):
-        return {k: _set_keys(v) for k, v in value.items() if v is not None}
+        return {k: _set_keys(v) for k, v in value.items() if v is not None and v != []}
     if isinstance(value, list):
         return [_set_keys(v) for v in value]
     return value

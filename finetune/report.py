@@ -297,11 +297,16 @@ def _twin(row: tuple, col: str, cells) -> tuple | None:
 
 def _versus_scratch(runs, cells, with_setting: bool) -> str:
     """Per pretrained row: last-epoch accuracy minus its scratch twin's (points, means over seeds), and
-    the first epoch at which its mean accuracy curve reaches the twin's final mean."""
+    the first epoch at which its mean accuracy curve reaches the twin's final mean. A row pooled over
+    several pretrainings of one source (pretraining seeds: other weights files) also gets the gain of
+    each, since they vary more than fine-tuning seeds do."""
     curves = defaultdict(list)
+    by_weights = defaultdict(lambda: defaultdict(list))  # (row, col) -> weights file -> last-epoch accs
     for r in runs:
         if any("val_acc" in h for h in r["history"]):
             curves[(r["row"], r["col"])].append({h["epoch"]: h["val_acc"] for h in r["history"] if "val_acc" in h})
+        if "acc" in (values := metric_values(r)):
+            by_weights[(r["row"], r["col"])][r["final"]["init"]].append(values["acc"])
     lines = ["| model | pretraining | " + ("setting | " if with_setting else "") + "dataset | " +
              ("scratch twin's setting | " if with_setting else "") + "Δ acc vs scratch (points) | "
              "epochs to reach scratch's final acc |", "|---|---|---|---|---|" + ("---|---|" if with_setting else "")]
@@ -315,7 +320,10 @@ def _versus_scratch(runs, cells, with_setting: bool) -> str:
         total = max(epochs) if epochs else "?"
         label = " | ".join(row if with_setting else row[:2])
         twin_setting = f"{twin[2]} | " if with_setting else ""
-        lines.append(f"| {label} | {col} | {twin_setting}{100 * (np.mean(values) - target):+.1f} | "
+        pretrainings = by_weights[(row, col)]
+        each = ("" if len(pretrainings) < 2 else f" ({len(pretrainings)} pretrainings: " + " / ".join(
+            f"{100 * (np.mean(accs) - target):+.1f}" for _, accs in sorted(pretrainings.items())) + ")")
+        lines.append(f"| {label} | {col} | {twin_setting}{100 * (np.mean(values) - target):+.1f}{each} | "
                      f"{f'{reached} of {total}' if reached is not None else f'not within {total}'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 

@@ -155,6 +155,38 @@ def test_a_budget_pretrains_every_kind_at_every_count_and_fine_tunes_them_in_its
         check_experiment({**exp, "budget": {"job": "vit", "kind": "single", "images": [10]}}, "x.yaml")
 
 
+def test_pretraining_seeds_pretrain_every_source_once_per_seed_and_fine_tune_each():
+    from common.errors import UserError
+
+    raw = {
+        "render": {"common": {"n": 100}, "kinds": {"single": {}, "rcdb": {}}},
+        "pretrain": [{"name": "vit", "config": "configs/pretrain/deit_s16_single.yaml", "kinds": ["single", "rcdb"],
+                      "seeds": [3, 5], "overrides": {"seed": 0}}],
+        "budget": {"job": "vit", "kinds": ["single"], "images": [300], "regimes": ["low"]},
+        "finetune": {"config": "configs/finetune/cifar10.yaml", "seeds": [0, 1], "regimes": {"low": {}, "full": {}}}}
+    steps = Plan(check_experiment(raw, "x.yaml"), {"data": "/c10"}, "/X").steps
+    pretrain = {s.name: s for s in steps if s.stage == "pretrain"}
+    assert list(pretrain) == ["pretrain/vit-single-300-p3", "pretrain/vit-single-300-p5",  # the most images first,
+                              "pretrain/vit-single-p3", "pretrain/vit-rcdb-p3",  # then seed by seed
+                              "pretrain/vit-single-p5", "pretrain/vit-rcdb-p5"]
+    for name, seed in (("vit-single-p3", 3), ("vit-single-300-p5", 5)):  # the seed beats the job's override
+        args = pretrain[f"pretrain/{name}"].args
+        assert f"seed={seed}" in args and "seed=0" not in args and args[args.index("--out") + 1] == f"/X/pretrain/{name}"
+    finetunes = {s.name: s for s in steps if s.stage == "finetune"}
+    assert sorted(finetunes) == sorted(
+        [f"finetune/{r}/vit-{src}-s{f}" for r in ("low", "full")
+         for src in ("scratch", "single-p3", "single-p5", "rcdb-p3", "rcdb-p5")
+         for f in (0, 1)] + [f"finetune/low/vit-single-300-p{p}-s{f}" for p in (3, 5) for f in (0, 1)])
+    assert finetunes["finetune/full/vit-single-p5-s1"].needs == ["/X/pretrain/vit-single-p5/model.safetensors"]
+    assert "seed=1" in finetunes["finetune/full/vit-single-p5-s1"].args  # the fine-tuning seed stays its own
+    raw["pretrain"][0]["seeds"] = [1, 1]
+    with pytest.raises(UserError, match=r"pretrain job vit: seeds repeat \(\[1, 1\]\)"):
+        check_experiment(raw, "x.yaml")
+    raw["pretrain"][0]["seeds"] = [-1]
+    with pytest.raises(UserError, match="seeds"):
+        check_experiment(raw, "x.yaml")
+
+
 def test_a_render_entry_draws_its_classes_from_a_datasets_systems_file(tmp_path):
     from common.errors import UserError
     from experiments.fabricate import systems
@@ -327,6 +359,8 @@ def test_refuses_a_folder_of_another_config(tmp_path):
     claim = yaml.safe_load((out / "experiment.yaml").read_text())
     for entry in claim["render"]["kinds"].values():
         del entry["kind"]
+    for job in claim["pretrain"]:  # a list key, unset: empty
+        del job["seeds"]
     (out / "experiment.yaml").write_text(yaml.safe_dump(claim))
     assert run_here("configs/experiments/fdsl_paper.yaml", "--out", str(out), *data, "--emit", "slurm",
                     str(tmp_path / "s4")).returncode == 0

@@ -63,8 +63,10 @@ def test_real_runs_by_source_mode_and_augmentation(tmp_path, offline_hub):  # no
     assert (out / "curves.png").stat().st_size > 1000
 
 
-def fabricate(root, name, acc, seed=0, model="vit_tiny_patch16_224", source=None, dataset="cifar10", **cfg):
-    """A run folder as finetune.main leaves it: final.json, config.yaml (the settings), metrics.jsonl."""
+def fabricate(root, name, acc, seed=0, model="vit_tiny_patch16_224", source=None, dataset="cifar10", weights=None,
+              **cfg):
+    """A run folder as finetune.main leaves it: final.json, config.yaml (the settings), metrics.jsonl.
+    `weights`: the pretraining's folder (default: the source's name)."""
     run = os.path.join(root, name)
     os.makedirs(run)
     config = {"seed": seed, "model": model, "model_kwargs": cfg.pop("model_kwargs", {}), "mode": "finetune",
@@ -76,7 +78,7 @@ def fabricate(root, name, acc, seed=0, model="vit_tiny_patch16_224", source=None
         for p in parents:
             node = node[p]
         node[leaf] = value
-    init = "scratch" if source is None else f"runs/{source}/model.safetensors"
+    init = "scratch" if source is None else f"runs/{weights or source}/model.safetensors"
     history = [{"epoch": e, "val_acc": acc * e / 3, "val_macro_f1": acc * e / 3 - 0.05, "val_loss": 2.0 - acc * e,
                 "train_loss": 2.1 - acc * e} for e in (1, 2, 3)]
     final = {"mode": config["mode"], "model": model, "init": init, "dataset": dataset, "seed": seed,
@@ -122,6 +124,19 @@ def test_rows_name_only_the_settings_that_tell_them_apart(tmp_path):
     report_main([runs[0], runs[2], runs[3], "--out", str(tmp_path / "r2")])
     text = (tmp_path / "r2" / "report.md").read_text()
     assert "| model | pretraining | cifar10: acc |" in text and f"| {vit_name} | single | 60.0 |" in text
+
+
+def test_a_row_pooled_over_several_pretrainings_gives_the_gain_of_each(tmp_path):
+    runs = [fabricate(tmp_path, f"scratch-s{f}", 0.30 + 0.01 * f, f) for f in range(2)]  # twin: 30.5
+    for p, acc in ((2, 0.35), (3, 0.29), (4, 0.33)):  # pretraining seeds p2-p4, two fine-tuning seeds each
+        runs += [fabricate(tmp_path, f"single-p{p}-s{f}", acc + 0.01 * f, f, source="single", weights=f"single-p{p}")
+                 for f in range(2)]
+    runs += [fabricate(tmp_path, "rcdb-s0", 0.31, source="rcdb")]  # one pretraining: no breakdown
+    report_main([*runs, "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| vit_tiny_patch16_224 | single | 32.8 ± 2.5 (n=6) |" in text  # all six runs in one row
+    assert "| vit_tiny_patch16_224 | single | cifar10 | +2.3 (3 pretrainings: +5.0 / -1.0 / +3.0) |" in text
+    assert "| vit_tiny_patch16_224 | rcdb | cifar10 | +0.5 |" in text
 
 
 def test_words_for_models_and_sources():
