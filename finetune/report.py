@@ -321,8 +321,9 @@ def _versus_scratch(runs, cells, with_setting: bool) -> str:
         label = " | ".join(row if with_setting else row[:2])
         twin_setting = f"{twin[2]} | " if with_setting else ""
         pretrainings = by_weights[(row, col)]
-        each = ("" if len(pretrainings) < 2 else f" ({len(pretrainings)} pretrainings: " + " / ".join(
-            f"{100 * (np.mean(accs) - target):+.1f}" for _, accs in sorted(pretrainings.items())) + ")")
+        gains = [100 * (np.mean(accs) - target) for _, accs in sorted(pretrainings.items())]
+        each = ("" if len(gains) < 2 else f" ({len(gains)} pretrainings: " + " / ".join(f"{g:+.1f}" for g in gains)
+                + f"; std {np.std(gains):.1f})")
         lines.append(f"| {label} | {col} | {twin_setting}{100 * (np.mean(values) - target):+.1f}{each} | "
                      f"{f'{reached} of {total}' if reached is not None else f'not within {total}'} |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -135,7 +135,7 @@ def test_a_row_pooled_over_several_pretrainings_gives_the_gain_of_each(tmp_path)
     report_main([*runs, "--out", str(tmp_path / "report")])
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| vit_tiny_patch16_224 | single | 32.8 ± 2.5 (n=6) |" in text  # all six runs in one row
-    assert "| vit_tiny_patch16_224 | single | cifar10 | +2.3 (3 pretrainings: +5.0 / -1.0 / +3.0) |" in text
+    assert "| vit_tiny_patch16_224 | single | cifar10 | +2.3 (3 pretrainings: +5.0 / -1.0 / +3.0; std 2.5) |" in text
     assert "| vit_tiny_patch16_224 | rcdb | cifar10 | +0.5 |" in text
 
 
