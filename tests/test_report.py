@@ -129,7 +129,8 @@ def test_rows_name_only_the_settings_that_tell_them_apart(tmp_path):
 def test_a_row_pooled_over_several_pretrainings_gives_the_gain_of_each(tmp_path):
     runs = [fabricate(tmp_path, f"scratch-s{f}", 0.30 + 0.01 * f, f) for f in range(2)]  # twin: 30.5
     for p, acc in ((2, 0.35), (3, 0.29), (4, 0.33)):  # pretraining seeds p2-p4, two fine-tuning seeds each
-        runs += [fabricate(tmp_path, f"single-p{p}-s{f}", acc + 0.01 * f, f, source="single", weights=f"single-p{p}")
+        runs += [fabricate(tmp_path, f"single-p{p}-s{f}", acc + 0.01 * f, f, source="single", weights=f"single-p{p}",
+                           pretrain_source={"kind": "single", "path": f"/runs/{p % 2}/data"})  # data linked in
                  for f in range(2)]
     runs += [fabricate(tmp_path, "rcdb-s0", 0.31, source="rcdb")]  # one pretraining: no breakdown
     report_main([*runs, "--out", str(tmp_path / "report")])
