@@ -118,9 +118,11 @@ def _flat(cfg: dict, prefix: str = "") -> dict:
 
 def _settings(final: dict, cfg: dict | None) -> dict:
     """Everything that could make two runs' results differ, besides model, source and seed."""
-    flat = _flat(cfg) if cfg else {k: final[k] for k in ("augment", "epochs") if final.get(k) is not None}
-    # pretrain_source.* (the weights' data, its path): the source column already names it
-    out = {k: v for k, v in flat.items() if k not in NOT_SETTINGS and not k.startswith(("data.", "pretrain_source."))}
+    # NOT_SETTINGS leave before flattening: a mapping among them (pretrain_source: the weights' data and
+    # its path) would otherwise pass as its dotted keys
+    flat = (_flat({k: v for k, v in cfg.items() if k not in NOT_SETTINGS}) if cfg else
+            {k: final[k] for k in ("augment", "epochs") if final.get(k) is not None})
+    out = {k: v for k, v in flat.items() if not k.startswith("data.")}
     if final["mode"] == "few_shot":  # no training: the training recipe is not a setting of the result
         out = {k: v for k, v in out.items() if k.startswith("few_shot.") or k in ("img_size", "mean", "std")}
     else:
