@@ -223,7 +223,8 @@ def _describe(hint, meta) -> str:
         return "one of " + ", ".join(str(a) for a in args)
     if origin is list:
         size = f"{meta['length']} " if "length" in meta else ""
-        return f"a list of {size}{_describe(args[0], {})}s" + (f" each {bounds}" if bounds else "")
+        element = _describe(args[0], {}).removeprefix("an ").removeprefix("a ")  # "an integer" -> integers
+        return f"a list of {size}{element}s" + (f" each {bounds}" if bounds else "")
     if hint is dict or origin is dict:
         return "a mapping"
     name = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
