@@ -185,10 +185,11 @@ def _check_names(exp: dict, where: str) -> None:
     names = [job["name"] for job in exp["pretrain"]]
     if len(set(names)) != len(names):
         raise UserError(f"{where}: pretrain job names must differ, got {names}")
-    for job in exp["pretrain"]:
-        if len(set(job["seeds"])) != len(job["seeds"]):
-            raise UserError(f"{where}: pretrain job {job['name']}: seeds repeat ({job['seeds']}); list each "
-                            f"pretraining seed once")
+    # a repeated seed plans one run folder twice (two side-by-side jobs would write into it)
+    for key, seeds in [(f"pretrain job {job['name']}: seeds", job["seeds"]) for job in exp["pretrain"]] + \
+            [("finetune.seeds", ft["seeds"])]:
+        if len(set(seeds)) != len(seeds):
+            raise UserError(f"{where}: {key} repeat ({seeds}); list each seed once")
     budget = exp["budget"]
     if budget and budget["job"] not in names:
         raise UserError(f"{where}: budget.job {budget['job']!r} is not a pretrain job ({', '.join(names)})")
