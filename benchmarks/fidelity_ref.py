@@ -10,10 +10,14 @@ code is part of this project.
     python benchmarks/fidelity_ref.py background    /path/to/fractal-pretraining OUT.npz --n 5000 --size 64
     python benchmarks/fidelity_ref.py single-classes /path/to/fractal-pretraining OUT_DIR --n 80000 --val 2000 \
         --classes 20 --size 32 --points 2000 [--no-jitter]
+    python benchmarks/fidelity_ref.py fractaldb-classes /path/to/FractalDB-Pretrained-ResNet-PyTorch OUT_DIR \
+        --n 100000 --val 2000 --classes 20 --size 32 --points 2000 --weights 0.1 --workers 2
 
 single-classes writes a class folder instead (OUT_DIR/train/<class>/*.png, OUT_DIR/val/<class>/*.png, the
 layout the trainer reads with data.source=imagenet): the authors' Single-Instance classification data
-(FractalClassDataset with IFSGenerator at its defaults, parameter jitter on), for transfer parity.
+(FractalClassDataset with IFSGenerator at its defaults, parameter jitter on), for transfer parity;
+fractaldb-classes the same for the authors' FractalDB (make_fractaldb.py's instances of the first
+published class systems). Both write OUT_DIR/systems.json, the classes in fractalgen's systems format.
 
 Writes OUT.npz: images (n, S, S, C) uint8, masks (n, S, S) bool (fractal pixels before blur), systems
 (an object array of (maps, 6) arrays in fractalgen's (a, b, c, d, e, f) layout), per-image extras.
@@ -130,13 +134,18 @@ def single_classes(path, out, n, val, size, points, seed, classes, jitter=True):
 def write_systems_json(folder):
     """folder/systems.npy (class systems zero-padded to 4 maps) as folder/systems.json, the systems file
     fractalgen reads (`fractalgen render --kind single --systems FILE`: the same classes, rendered by
-    fractalgen). Written here by hand in fractalgen/systems.py's format: this venv cannot import fractalgen."""
-    import json
-
+    fractalgen)."""
     padded = np.load(os.path.join(folder, "systems.npy"), allow_pickle=False)
     systems = [s[np.abs(s).sum(1) > 0].tolist() for s in padded]  # drop the padding maps
-    doc = {"format": "fractalgen-systems/1", "source": "catalys1/fractal-pretraining ifs.sample_system (2-4 maps)",
-           "systems": systems}
+    write_systems(folder, systems, "catalys1/fractal-pretraining ifs.sample_system (2-4 maps)")
+
+
+def write_systems(folder, systems, source):
+    """folder/systems.json in fractalgen/systems.py's format, written here by hand: this venv cannot
+    import fractalgen."""
+    import json
+
+    doc = {"format": "fractalgen-systems/1", "source": source, "systems": systems}
     with open(os.path.join(folder, "systems.json.tmp"), "w") as f:
         json.dump(doc, f)
     os.replace(os.path.join(folder, "systems.json.tmp"), os.path.join(folder, "systems.json"))
@@ -210,41 +219,107 @@ def fractaldb_systems(path, classes):
     return [np.loadtxt(f, delimiter=",") for f in files[:classes]]
 
 
+def fractaldb_renderer(path):
+    """Kataoka et al.'s renderer, loaded from the checkout, with PIL's save captured: draw_patch saves its
+    4 flipped PNGs (the renderer's only side effect); keep them as gray arrays instead. Returns (the
+    ifs_function class, a function (class system, weight row, size, points) -> the render's 4 flips)."""
+    sys.path.insert(0, os.path.join(path, "fractal_renderer"))
+    from ifs_function import ifs_function
+    from PIL import Image
+
+    saved = []
+    Image.Image.save = lambda image, *args, **kw: saved.append(np.array(image)[..., 0])
+
+    def render(params, w, size, points):
+        gen = ifs_function(prev_x=0.0, prev_y=0.0, save_root="/nonexistent", fractal_name="x", fractal_weight_count="0")
+        for p in params:
+            gen.set_param(*map(float, p[:7]), weight_a=w[0], weight_b=w[1], weight_c=w[2], weight_d=w[3],
+                          weight_e=w[4], weight_f=w[5])
+        gen.calculate(points)  # np.random.seed(100) inside: a class and weight row always give the same points
+        saved.clear()
+        gen.draw_patch(size, size, 6, 6, "gray", 0)  # a random 3x3 patch per point (the random module)
+        return list(saved)
+
+    return render
+
+
+def weight_rows(path, weights):
+    return np.loadtxt(os.path.join(path, "fractal_renderer", "weights", f"weights_{weights}.csv"), delimiter=",")
+
+
 def fractaldb(path, n, size, points, seed, classes, weights):
     """Kataoka et al.'s renderer (ifs_function: np.random.seed(100) chaos game from (0, 0), 6-px margin,
     draw_patch gray: a random 3x3 patch per point, 127 on black, 4 flips per render) for the first
     `classes` published class systems; n images drawn at random from class x weight row x flip."""
-    sys.path.insert(0, os.path.join(path, "fractal_renderer"))
     import random
 
-    from ifs_function import ifs_function
-    from PIL import Image
-
+    render = fractaldb_renderer(path)
     random.seed(seed)
     rng = np.random.default_rng(seed)
-    rows = np.loadtxt(os.path.join(path, "fractal_renderer", "weights", f"weights_{weights}.csv"), delimiter=",")
+    rows = weight_rows(path, weights)
     params = fractaldb_systems(path, classes)
     images, labels = [], []
-    saved = []
-
-    def capture(image, *args, **kw):  # draw_patch saves 4 flipped PNGs (then closes them): keep copies
-        saved.append(np.array(image)[..., 0])
-
-    Image.Image.save = capture  # the renderer's only side effect
     for _ in tqdm(range(n // 4 + 1), desc="reference fractaldb", file=sys.stderr):
         c, w = int(rng.integers(classes)), rows[rng.integers(len(rows))]
-        gen = ifs_function(prev_x=0.0, prev_y=0.0, save_root="/nonexistent", fractal_name="x", fractal_weight_count="0")
-        for p in params[c]:
-            gen.set_param(*map(float, p[:7]), weight_a=w[0], weight_b=w[1], weight_c=w[2], weight_d=w[3],
-                          weight_e=w[4], weight_f=w[5])
-        gen.calculate(points)
-        saved.clear()
-        gen.draw_patch(size, size, 6, 6, "gray", 0)
-        images.extend(saved)  # its 4 flips
-        labels.extend([c] * len(saved))
+        flips = render(params[c], w, size, points)
+        images.extend(flips)
+        labels.extend([c] * len(flips))
     images = np.stack(images[:n])
     return {"images": images[..., None], "masks": images > 0, "systems": [p[:, :6] for p in params],
             "labels": np.array(labels[:n])}
+
+
+_WORKER = {}
+
+
+def _fractaldb_worker_init(path, classes, weights, size, points, seed):
+    _WORKER.update(render=fractaldb_renderer(path), params=fractaldb_systems(path, classes),
+                   rows=weight_rows(path, weights), size=size, points=points, seed=seed)
+
+
+def _fractaldb_class_render(k):
+    """Render k of fractaldb_classes: class k % classes, weight row (k // classes) % rows, its patches
+    seeded by (seed, k) so that the folder does not depend on the number of workers."""
+    import random
+
+    w = _WORKER
+    classes = len(w["params"])
+    c = k % classes
+    random.seed(f"fractaldb-classes-{w['seed']}-{k}")
+    return c, w["render"](w["params"][c], w["rows"][(k // classes) % len(w["rows"])], w["size"], w["points"])
+
+
+def fractaldb_classes(path, out, n, val, size, points, seed, classes, weights, workers):
+    """Kataoka et al.'s FractalDB classification data as make_fractaldb.py builds it, for the first
+    `classes` published class systems: every render (a class, one of its weight rows, fresh random
+    patches) is saved in its 4 flips, as the official instances are (weight row x patch re-render x
+    flip); renders go round the classes, then the weight rows. Images 0..n-1 are train, the next `val`
+    val. Written to out.partial, renamed to out when complete (as single_classes)."""
+    import multiprocessing
+    import shutil
+
+    from PIL import Image
+
+    save = Image.Image.save  # fractaldb_renderer replaces it, in the workers only
+    tmp = out.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split in ("train", "val"):
+        for c in range(classes):
+            os.makedirs(os.path.join(tmp, split, f"{c:04d}"))
+    renders = -(-(n + val) // 4)
+    i = 0
+    with multiprocessing.get_context("fork").Pool(workers, _fractaldb_worker_init,
+                                                  (path, classes, weights, size, points, seed)) as pool:
+        done = pool.imap(_fractaldb_class_render, range(renders), chunksize=64)
+        for c, flips in tqdm(done, total=renders, desc="reference fractaldb classes", file=sys.stderr):
+            for image in flips[: n + val - i]:
+                split = "train" if i < n else "val"
+                save(Image.fromarray(image), os.path.join(tmp, split, f"{c:04d}", f"{i:07d}.png"), compress_level=1)
+                i += 1
+    params = fractaldb_systems(path, classes)
+    write_systems(tmp, [p[:, :6].tolist() for p in params],
+                  f"hirokatsukataoka16/FractalDB-Pretrained-ResNet-PyTorch data/csv_rate0.2_category1000, first {classes}")
+    os.rename(tmp, out)
 
 
 def search(path, n, seed):
@@ -280,22 +355,25 @@ def search(path, n, seed):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("kind", choices=["single", "multi", "fractaldb", "search", "background", "single-classes",
+                                    "fractaldb-classes",
                                     "systems-json"],
                    help="systems-json: write OUT/systems.json (fractalgen's format) from a single-classes folder "
                         "made before that file was written (PATH is not read)")
     p.add_argument("path", help="the reference checkout")
-    p.add_argument("out", help="output .npz (single-classes: the class folder to create)")
+    p.add_argument("out", help="output .npz (single-classes, fractaldb-classes: the class folder to create)")
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--points", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--cache", type=int, default=512)
-    p.add_argument("--val", type=int, default=2000, help="single-classes: validation images after the n training ones")
+    p.add_argument("--val", type=int, default=2000, help="single-classes, fractaldb-classes: validation images after the n training ones")
     p.add_argument("--jitter", action="store_true", help="single: the reference's default parameter jitter")
     p.add_argument("--no-jitter", action="store_true",
                    help="single-classes: switch the reference's default parameter jitter off (jitter_params=False)")
-    p.add_argument("--weights", default="0.4", help="fractaldb: weights_X.csv (the release script's 0.4)")
+    p.add_argument("--weights", default="0.4", help="fractaldb: weights_X.csv (the release script's 0.4; "
+                   "0.1 is the x0.8-1.2 variants fractalgen draws)")
+    p.add_argument("--workers", type=int, default=1, help="fractaldb-classes: render processes (same images for any number)")
     a = p.parse_args()
     if a.kind == "systems-json":
         if not os.path.isfile(os.path.join(a.out, "systems.npy")):
@@ -303,9 +381,12 @@ def main():
         return write_systems_json(a.out)
     if not os.path.isdir(a.path):
         sys.exit(f"error: reference checkout {a.path} does not exist")
-    if a.kind == "single-classes":
+    if a.kind in ("single-classes", "fractaldb-classes"):
         if os.path.exists(a.out):
             sys.exit(f"error: {a.out} exists; give a new folder (nothing is overwritten)")
+        if a.kind == "fractaldb-classes":
+            return fractaldb_classes(a.path, a.out, a.n, a.val, a.size, a.points, a.seed, a.classes, a.weights,
+                                     a.workers)
         return single_classes(a.path, a.out, a.n, a.val, a.size, a.points, a.seed, a.classes, not a.no_jitter)
     if a.kind == "single":
         out = single(a.path, a.n, a.size, a.points, a.seed, a.jitter)

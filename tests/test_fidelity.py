@@ -208,3 +208,73 @@ def test_reference_class_systems_become_a_fractalgen_systems_file(tmp_path):
     systems, info = load_systems(str(tmp_path / "systems.json"))
     assert len(systems) == 2 and np.array_equal(systems[0], a) and np.array_equal(systems[1], b)
     assert "catalys1" in info["source"]
+
+
+FAKE_IFS = '''
+import numpy as np
+import random
+from PIL import Image
+
+
+class ifs_function:  # the interface of the authors' renderer; draws each point as one pixel, random gray
+    def __init__(self, prev_x, prev_y, save_root, fractal_name, fractal_weight_count):
+        self.maps = []
+
+    def set_param(self, a, b, c, d, e, f, proba, **w):
+        self.maps.append((a * w["weight_a"], e))
+
+    def calculate(self, iteration):
+        self.n = iteration
+
+    def draw_patch(self, image_x, image_y, pad_x, pad_y, set_color, count):
+        image = np.zeros((image_y, image_x, 3), np.uint8)
+        image[pad_y, pad_x:pad_x + len(self.maps)] = random.randrange(1, 256)
+        image[pad_y + 1, pad_x] = int(self.maps[0][0] * 100) % 256
+        image = Image.fromarray(image)
+        for flip in range(4):
+            (image.transpose(Image.FLIP_LEFT_RIGHT) if flip & 1 else image).save("/nonexistent/x.png")
+'''
+
+
+def _fake_fractaldb_checkout(root):
+    (root / "fractal_renderer" / "weights").mkdir(parents=True)
+    (root / "fractal_renderer" / "ifs_function.py").write_text(FAKE_IFS)
+    (root / "fractal_renderer" / "weights" / "weights_0.1.csv").write_text("0.8,1,1,1,1,1\n1,1,1,1,1,1\n1.2,1,1,1,1,1")
+    classes = root / "data" / "csv_rate0.2_category1000"
+    classes.mkdir(parents=True)
+    for c in range(3):
+        rows = [[0.5 + c / 10, 0, 0, 0.5, m / 4, 0, 0.5] for m in range(2 + c)]
+        np.savetxt(classes / f"{c:05d}.csv", np.array(rows), delimiter=",")
+
+
+def test_fractaldb_classes_is_a_class_folder_of_4_flip_renders(tmp_path):
+    """fractaldb-classes (driven here through a stand-in of the authors' renderer): the class-folder
+    layout, 4 flips per render, classes then weight rows in turn, the same bytes for 1 or 2 workers, and
+    the published systems as fractalgen's systems file."""
+    import fidelity_ref
+    from PIL import Image
+    from fractalgen.systems import load_systems
+
+    _fake_fractaldb_checkout(tmp_path / "ref")
+    outs = []
+    for workers in (1, 2):
+        out = str(tmp_path / f"out{workers}")
+        fidelity_ref.fractaldb_classes(str(tmp_path / "ref"), out, 22, 3, 16, 100, 0, 3, "0.1", workers)
+        outs.append(out)
+    train = sorted((tmp_path / "out1" / "train").rglob("*.png"))
+    val = sorted((tmp_path / "out1" / "val").rglob("*.png"))
+    assert len(train) == 22 and len(val) == 3 and not (tmp_path / "out1.partial").exists()
+    # image i comes from render i // 4 of class (i // 4) % 3: images 0-3 class 0, 4-7 class 1, 12-15 class 0
+    assert sorted(p.name for p in (tmp_path / "out1" / "train" / "0000").glob("*.png"))[:8] == \
+        [f"{i:07d}.png" for i in (0, 1, 2, 3, 12, 13, 14, 15)]
+    first = [np.array(Image.open(tmp_path / "out1" / "train" / "0000" / f"{i:07d}.png")) for i in range(4)]
+    assert first[0].shape == (16, 16) and np.array_equal(first[1], first[0][:, ::-1])  # the render's flips
+    # render 3 (class 0 again) uses the next weight row (x1 after x0.8): the stand-in writes a * weight
+    again = np.array(Image.open(tmp_path / "out1" / "train" / "0000" / "0000012.png"))
+    assert first[0][7, 6] == int(0.5 * 0.8 * 100) and again[7, 6] == int(0.5 * 1.0 * 100)
+    for a, b in zip(train + val, sorted((tmp_path / "out2" / "train").rglob("*.png"))
+                    + sorted((tmp_path / "out2" / "val").rglob("*.png"))):
+        assert a.relative_to(tmp_path / "out1") == b.relative_to(tmp_path / "out2") and a.read_bytes() == b.read_bytes()
+    systems, info = load_systems(str(tmp_path / "out1" / "systems.json"))
+    assert [len(s) for s in systems] == [2, 3, 4] and systems[1][0].tolist() == [0.6, 0, 0, 0.5, 0, 0]
+    assert "FractalDB" in info["source"]
