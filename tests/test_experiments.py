@@ -60,7 +60,7 @@ def one_error_line(result) -> str:
 def test_every_issue_experiment_is_shipped():
     assert set(SHIPPED) == {"cifar10_cpu", "fdsl_paper", "plant_pathology_thesis", "stl10_transfer", "vit_analysis",
                             "kinds_vit_32px", "kinds_vit_64px", "kinds_resnet_32px", "kinds_resnet_64px",
-                            "parity_single_vit", "parity_fractaldb_resnet"}
+                            "parity_single_vit", "parity_resnet"}
 
 
 # --- the CPU study: moved as is -------------------------------------------------------------------
