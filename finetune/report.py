@@ -157,8 +157,31 @@ def load_runs(paths: list) -> list:
                      "images": 0 if scratch else src.get("images_seen", 0)})
     if not runs:
         raise UserError("no runs given")
+    name_distinct_data(runs)
     label_rows(runs)
     return runs
+
+
+def data_identity(src: dict):
+    """What tells two pretraining datasets apart: a render's card digest (the same for a folder linked
+    in from another run), else the data folder's name."""
+    return src.get("card_sha256") or os.path.basename(os.path.normpath(src.get("path") or "")) or None
+
+
+def name_distinct_data(runs: list) -> None:
+    """Runs whose sources read alike ("single (100k img)") but were pretrained on different data (two
+    renders of a kind with different options, two class folders) would pool into one row: name each
+    one's data folder after the source ("single (100k img; single-refcolour)"). Pretrainings of the
+    same data under different seeds keep pooling."""
+    groups = defaultdict(set)
+    for r in runs:
+        groups[r["source"]].add(data_identity(r["final"].get("pretrain_source") or {}))
+    for r in runs:
+        src = r["final"].get("pretrain_source") or {}
+        if len(groups[r["source"]]) > 1:
+            folder = os.path.basename(os.path.normpath(src["path"])) if src.get("path") else \
+                f"card {str(src.get('card_sha256'))[:8]}"  # rendered on the fly: no folder to name
+            r["source"] = f"{r['source'][:-1]}; {folder})" if r["source"].endswith(")") else f"{r['source']} ({folder})"
 
 
 def _read_config(path: str) -> dict | None:

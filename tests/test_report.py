@@ -82,7 +82,8 @@ def fabricate(root, name, acc, seed=0, model="vit_tiny_patch16_224", source=None
     history = [{"epoch": e, "val_acc": acc * e / 3, "val_macro_f1": acc * e / 3 - 0.05, "val_loss": 2.0 - acc * e,
                 "train_loss": 2.1 - acc * e} for e in (1, 2, 3)]
     final = {"mode": config["mode"], "model": model, "init": init, "dataset": dataset, "seed": seed,
-             "pretrain_source": None if source is None else {"kind": source}, "train_images": None,
+             "pretrain_source": None if source is None else config.get("pretrain_source") or {"kind": source},
+             "train_images": None,
              "last_epoch": history[-1], "best_epoch": history[-1], "parameters": 1000, "trainable_parameters": 1000}
     json.dump(final, open(os.path.join(run, "final.json"), "w"))
     yaml.safe_dump(config, open(os.path.join(run, "config.yaml"), "w"))
@@ -138,6 +139,26 @@ def test_a_row_pooled_over_several_pretrainings_gives_the_gain_of_each(tmp_path)
     assert "| vit_tiny_patch16_224 | single | 32.8 ± 2.5 (n=6) |" in text  # all six runs in one row
     assert "| vit_tiny_patch16_224 | single | cifar10 | +2.3 (3 pretrainings: +5.0 / -1.0 / +3.0; std 2.5) |" in text
     assert "| vit_tiny_patch16_224 | rcdb | cifar10 | +0.5 |" in text
+
+
+def test_sources_alike_in_name_but_on_different_data_get_their_own_rows(tmp_path):
+    """Two renders of one kind (different cards) and two class folders: four rows, each named after its
+    data folder; a render's pretraining seeds pool even when its folder was linked into another run."""
+    runs = [fabricate(tmp_path, "scratch-s0", 0.30)]
+    for name, src, acc in (("a", {"kind": "single", "card_sha256": "aaa", "path": "/r/x/data/single"}, 0.35),
+                           ("a2", {"kind": "single", "card_sha256": "aaa", "path": "/r/x-b/data/single"}, 0.37),
+                           ("b", {"kind": "single", "card_sha256": "bbb", "path": "/r/x/data/single-refcolour"}, 0.32),
+                           ("f", {"kind": "imagenet-folder", "path": "/r/reference-fractaldb"}, 0.31),
+                           ("g", {"kind": "imagenet-folder", "path": "/r/reference-single/"}, 0.29)):
+        runs.append(fabricate(tmp_path, name, acc, source=src["kind"], weights=name, pretrain_source=src))
+    report_main([*runs, "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = {row[1]: row[2] for row in table_rows(text)}  # no setting column: the third cell is the accuracy
+    assert rows == {"scratch": "30.0", "single (single)": "36.0 ± 1.0 (n=2)", "single (single-refcolour)": "32.0",
+                    "imagenet-folder (reference-fractaldb)": "31.0", "imagenet-folder (reference-single)": "29.0"}, text
+    # one source: the plain name, as before
+    report_main([runs[0], runs[3], "--out", str(tmp_path / "r2")])
+    assert "| vit_tiny_patch16_224 | single | 32.0 |" in (tmp_path / "r2" / "report.md").read_text()
 
 
 def test_words_for_models_and_sources():
