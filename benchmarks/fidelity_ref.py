@@ -221,8 +221,8 @@ def fractaldb_systems(path, classes):
 
 def fractaldb_renderer(path):
     """Kataoka et al.'s renderer, loaded from the checkout, with PIL's save captured: draw_patch saves its
-    4 flipped PNGs (the renderer's only side effect); keep them as gray arrays instead. Returns (the
-    ifs_function class, a function (class system, weight row, size, points) -> the render's 4 flips)."""
+    4 flipped PNGs (the renderer's only side effect); keep them as gray arrays instead. Returns a
+    function (class system, weight row, size, points) -> the render's 4 flips."""
     sys.path.insert(0, os.path.join(path, "fractal_renderer"))
     from ifs_function import ifs_function
     from PIL import Image
