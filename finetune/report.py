@@ -171,17 +171,21 @@ def data_identity(src: dict):
 def name_distinct_data(runs: list) -> None:
     """Runs whose sources read alike ("single (100k img)") but were pretrained on different data (two
     renders of a kind with different options, two class folders) would pool into one row: name each
-    one's data folder after the source ("single (100k img; single-refcolour)"). Pretrainings of the
-    same data under different seeds keep pooling."""
-    groups = defaultdict(set)
-    for r in runs:
-        groups[r["source"]].add(data_identity(r["final"].get("pretrain_source") or {}))
+    one's data folder after the source ("single (100k img; single-refcolour)"), and its card digest too
+    where folder names repeat. Pretrainings of the same data under different seeds keep pooling."""
+    groups = defaultdict(dict)  # source -> data identity -> folder name
     for r in runs:
         src = r["final"].get("pretrain_source") or {}
-        if len(groups[r["source"]]) > 1:
-            folder = os.path.basename(os.path.normpath(src["path"])) if src.get("path") else \
-                f"card {str(src.get('card_sha256'))[:8]}"  # rendered on the fly: no folder to name
-            r["source"] = f"{r['source'][:-1]}; {folder})" if r["source"].endswith(")") else f"{r['source']} ({folder})"
+        groups[r["source"]][data_identity(src)] = os.path.basename(os.path.normpath(src.get("path") or "")) or None
+    for r in runs:
+        names = groups[r["source"]]
+        if len(names) < 2:
+            continue
+        src = r["final"].get("pretrain_source") or {}
+        folder = names[data_identity(src)]
+        if folder is None or list(names.values()).count(folder) > 1:  # on the fly, or a folder name twice
+            folder = f"{folder or 'card'} {str(src.get('card_sha256'))[:8]}"
+        r["source"] = f"{r['source'][:-1]}; {folder})" if r["source"].endswith(")") else f"{r['source']} ({folder})"
 
 
 def _read_config(path: str) -> dict | None:

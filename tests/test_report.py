@@ -156,6 +156,13 @@ def test_sources_alike_in_name_but_on_different_data_get_their_own_rows(tmp_path
     rows = {row[1]: row[2] for row in table_rows(text)}  # no setting column: the third cell is the accuracy
     assert rows == {"scratch": "30.0", "single (single)": "36.0 ± 1.0 (n=2)", "single (single-refcolour)": "32.0",
                     "imagenet-folder (reference-fractaldb)": "31.0", "imagenet-folder (reference-single)": "29.0"}, text
+    # two renders in folders of the same name: the card digest tells them apart
+    same = [fabricate(tmp_path, f"same-{c}", 0.3 + 0.01 * i, source="single", weights=f"same-{c}",
+                      pretrain_source={"kind": "single", "card_sha256": c * 12, "path": f"/r/{c}/data/single"})
+            for i, c in enumerate("cd")]
+    report_main([runs[0], *same, "--out", str(tmp_path / "r3")])
+    text = (tmp_path / "r3" / "report.md").read_text()
+    assert "| single (single cccccccc) | 30.0 |" in text and "| single (single dddddddd) | 31.0 |" in text, text
     # one source: the plain name, as before
     report_main([runs[0], runs[3], "--out", str(tmp_path / "r2")])
     assert "| vit_tiny_patch16_224 | single | 32.0 |" in (tmp_path / "r2" / "report.md").read_text()
