@@ -223,8 +223,7 @@ def fractaldb_renderer(path):
     """Kataoka et al.'s renderer, loaded from the checkout, with PIL's save captured: draw_patch saves its
     4 flipped PNGs (the renderer's only side effect); keep them as gray arrays instead. Returns a
     function (class system, weight row, size, points) -> the render's 4 flips."""
-    sys.path.insert(0, os.path.join(path, "fractal_renderer"))
-    from ifs_function import ifs_function
+    ifs_function = import_ifs_function(path)
     from PIL import Image
 
     saved = []
@@ -243,8 +242,26 @@ def fractaldb_renderer(path):
     return render
 
 
+def import_ifs_function(path):
+    """The renderer's class, loaded from path/fractal_renderer/ifs_function.py by file (no sys.path or
+    sys.modules entry left behind); one error line if the file is not there."""
+    import importlib.util
+
+    file = os.path.join(path, "fractal_renderer", "ifs_function.py")
+    if not os.path.isfile(file):
+        sys.exit(f"error: {path} has no fractal_renderer/ifs_function.py; give the FractalDB-Pretrained-ResNet-PyTorch "
+                 f"checkout")
+    spec = importlib.util.spec_from_file_location("reference_ifs_function", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ifs_function
+
+
 def weight_rows(path, weights):
-    return np.loadtxt(os.path.join(path, "fractal_renderer", "weights", f"weights_{weights}.csv"), delimiter=",")
+    file = os.path.join(path, "fractal_renderer", "weights", f"weights_{weights}.csv")
+    if not os.path.isfile(file):
+        sys.exit(f"error: {file} does not exist; --weights names one of fractal_renderer/weights/weights_*.csv")
+    return np.loadtxt(file, delimiter=",")
 
 
 def fractaldb(path, n, size, points, seed, classes, weights):
@@ -272,9 +289,8 @@ def fractaldb(path, n, size, points, seed, classes, weights):
 _WORKER = {}
 
 
-def _fractaldb_worker_init(path, classes, weights, size, points, seed):
-    _WORKER.update(render=fractaldb_renderer(path), params=fractaldb_systems(path, classes),
-                   rows=weight_rows(path, weights), size=size, points=points, seed=seed)
+def _fractaldb_worker_init(path, params, rows, size, points, seed):
+    _WORKER.update(render=fractaldb_renderer(path), params=params, rows=rows, size=size, points=points, seed=seed)
 
 
 def _fractaldb_class_render(k):
@@ -300,6 +316,9 @@ def fractaldb_classes(path, out, n, val, size, points, seed, classes, weights, w
 
     from PIL import Image
 
+    # every input is read and checked here: a worker that fails to start makes a Pool start another, forever
+    params, rows = fractaldb_systems(path, classes), weight_rows(path, weights)
+    import_ifs_function(path)
     save = Image.Image.save  # fractaldb_renderer replaces it, in the workers only
     tmp = out.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -309,14 +328,13 @@ def fractaldb_classes(path, out, n, val, size, points, seed, classes, weights, w
     renders = -(-(n + val) // 4)
     i = 0
     with multiprocessing.get_context("fork").Pool(workers, _fractaldb_worker_init,
-                                                  (path, classes, weights, size, points, seed)) as pool:
+                                                  (path, params, rows, size, points, seed)) as pool:
         done = pool.imap(_fractaldb_class_render, range(renders), chunksize=64)
         for c, flips in tqdm(done, total=renders, desc="reference fractaldb classes", file=sys.stderr):
             for image in flips[: n + val - i]:
                 split = "train" if i < n else "val"
                 save(Image.fromarray(image), os.path.join(tmp, split, f"{c:04d}", f"{i:07d}.png"), compress_level=1)
                 i += 1
-    params = fractaldb_systems(path, classes)
     write_systems(tmp, [p[:, :6].tolist() for p in params],
                   f"hirokatsukataoka16/FractalDB-Pretrained-ResNet-PyTorch data/csv_rate0.2_category1000, first {classes}")
     os.rename(tmp, out)

@@ -278,3 +278,24 @@ def test_fractaldb_classes_is_a_class_folder_of_4_flip_renders(tmp_path):
     systems, info = load_systems(str(tmp_path / "out1" / "systems.json"))
     assert [len(s) for s in systems] == [2, 3, 4] and systems[1][0].tolist() == [0.6, 0, 0, 0.5, 0, 0]
     assert "FractalDB" in info["source"]
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("classes", "has 3 class files, fewer than 4"),
+    ("weights", "weights_0.1.csv does not exist"),
+    ("renderer", "has no fractal_renderer/ifs_function.py"),
+])
+def test_fractaldb_classes_refuses_a_broken_checkout_before_starting_workers(tmp_path, broken, message):
+    """Checked in the parent: a Pool whose workers fail to start starts new ones forever (a hang)."""
+    import fidelity_ref
+
+    _fake_fractaldb_checkout(tmp_path / "ref")
+    classes = 4 if broken == "classes" else 3
+    if broken == "weights":
+        (tmp_path / "ref" / "fractal_renderer" / "weights" / "weights_0.1.csv").unlink()
+    if broken == "renderer":
+        (tmp_path / "ref" / "fractal_renderer" / "ifs_function.py").rename(tmp_path / "ref" / "moved.py")
+    with pytest.raises(SystemExit) as e:
+        fidelity_ref.fractaldb_classes(str(tmp_path / "ref"), str(tmp_path / "out"), 8, 0, 16, 100, 0, classes, "0.1", 2)
+    assert str(e.value).startswith("error: ") and message in str(e.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
