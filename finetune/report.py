@@ -162,10 +162,14 @@ def load_runs(paths: list) -> list:
     return runs
 
 
+def _data_folder(src: dict) -> str | None:
+    return os.path.basename(os.path.normpath(src.get("path") or "")) or None
+
+
 def data_identity(src: dict):
     """What tells two pretraining datasets apart: a render's card digest (the same for a folder linked
     in from another run), else the data folder's name."""
-    return src.get("card_sha256") or os.path.basename(os.path.normpath(src.get("path") or "")) or None
+    return src.get("card_sha256") or _data_folder(src)
 
 
 def name_distinct_data(runs: list) -> None:
@@ -176,7 +180,7 @@ def name_distinct_data(runs: list) -> None:
     groups = defaultdict(dict)  # source -> data identity -> folder name
     for r in runs:
         src = r["final"].get("pretrain_source") or {}
-        groups[r["source"]][data_identity(src)] = os.path.basename(os.path.normpath(src.get("path") or "")) or None
+        groups[r["source"]][data_identity(src)] = _data_folder(src)
     for r in runs:
         names = groups[r["source"]]
         if len(names) < 2:
