@@ -294,20 +294,22 @@ class Trainer:
         tensors, values = rng_states()
         if self.metrics is not None:
             tensors.update({f"metrics.{k}": v for k, v in self.metrics.state_dict().items()})
-        save_file(tensors, os.path.join(tmp, f"rank{rank}.safetensors"))
-        with open(os.path.join(tmp, f"rank{rank}.json"), "w") as f:
-            json.dump(values, f)
-        if acc.is_main_process:
-            save_file(_tensors(acc.unwrap_model(self.model)), os.path.join(tmp, "model.safetensors"))
-            if self.ema is not None:
-                save_file(_tensors(self.ema.module), os.path.join(tmp, "ema.safetensors"))
-            torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        with self._writing_checkpoint(tmp):
+            save_file(tensors, os.path.join(tmp, f"rank{rank}.safetensors"))
+            with open(os.path.join(tmp, f"rank{rank}.json"), "w") as f:
+                json.dump(values, f)
+            if acc.is_main_process:
+                save_file(_tensors(acc.unwrap_model(self.model)), os.path.join(tmp, "model.safetensors"))
+                if self.ema is not None:
+                    save_file(_tensors(self.ema.module), os.path.join(tmp, "ema.safetensors"))
+                torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"format": CHECKPOINT_FORMAT, "progress": asdict(p), "world_size": acc.num_processes,
                      "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                      "files": {name: os.path.getsize(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}}
-            write_json(os.path.join(tmp, "state.json"), state)  # last: its presence marks a complete folder
+            with self._writing_checkpoint(tmp):
+                write_json(os.path.join(tmp, "state.json"), state)  # last: its presence marks a complete folder
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             with atomic_write(os.path.join(self.ckpt_dir, "latest")) as f:
@@ -316,6 +318,25 @@ class Trainer:
                 os.replace(old, old + ".deleting")  # out of the list first, so a half-deleted one is never read
                 shutil.rmtree(old + ".deleting", ignore_errors=True)
         acc.wait_for_everyone()
+
+    @contextlib.contextmanager
+    def _writing_checkpoint(self, tmp: str):
+        """Around one rank's checkpoint writes: a failure (a full disk: torch.save reports it as a bare
+        RuntimeError about zip positions) is one line with the free space and the way on; the partial
+        folder is removed, the previous checkpoints stay."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0]
+            try:
+                free = f"{shutil.disk_usage(self.ckpt_dir).free / 2**20:,.0f} MiB free there"
+            except OSError:
+                free = "free space unknown"
+            done = self.checkpoints()
+            where = f"the last complete checkpoint is {done[-1]}" if done else "no complete checkpoint yet"
+            raise UserError(f"could not write a checkpoint into {self.ckpt_dir} ({reason}; {free}); {where}; "
+                            f"free space and run the same command again with --resume") from None
 
     def _read_checkpoint(self, path: str) -> dict:
         """Everything a checkpoint holds, read and checked before anything is applied."""

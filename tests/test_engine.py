@@ -281,6 +281,30 @@ def test_full_disk_at_export_keeps_the_weights(tmp_path, imagefolder, monkeypatc
     assert len([r for r in records(run) if "val_acc" in r]) == 2  # nothing trained or logged twice
 
 
+def test_full_disk_at_a_checkpoint_is_one_line_and_resumes(tmp_path, imagefolder, monkeypatch):
+    run = str(tmp_path / "run")
+    real_save, calls = torch.save, []
+
+    def full_disk_on_second(obj, path, *a, **k):  # what torch.save raises when the disk fills mid-write
+        calls.append(path)
+        if len(calls) == 2:
+            open(path, "wb").close()
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk_on_second)
+    with pytest.raises(UserError, match=r"could not write a checkpoint into .*checkpoints \(\[enforce fail.*MiB free "
+                                        r"there\); the last complete checkpoint is .*step_00000001; free space and run "
+                                        r"the same command again with --resume"):
+        finetune("--data", imagefolder, "--out", run, "checkpoint_every=1")
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["latest", "step_00000001"]  # no partial folder
+    assert not os.path.exists(os.path.join(run, "final.json"))
+    monkeypatch.undo()
+    finetune("--data", imagefolder, "--out", run, "checkpoint_every=1", "--resume")
+    assert json.load(open(os.path.join(run, "final.json")))["last_epoch"]["epoch"] == 2
+    assert [r["step"] for r in records(run) if "lr" in r] == [1, 2, 3, 4, 5, 6]  # update 2 redone, logged once
+
+
 def test_ema_weights_are_evaluated_and_exported(tmp_path, imagefolder):
     run = str(tmp_path / "run")
     finetune("--data", imagefolder, "--out", run, "ema.enabled=true", "ema.decay=0.5", "optim.head_lr_scale=10")
