@@ -8,7 +8,10 @@ model, the pretraining source, the mode, the augmentation, the resolution and an
 (lr, epochs, head lr, EMA, ...), read from each run's config.yaml; runs that differ only in the seed (or
 STL-10 fold) are averaged. Rows are labelled in words ("ViT p4 w128 d4", "ImageNet-21k (augreg_in21k)",
 "linear probe"), naming only the settings needed to tell rows apart. Last-epoch figures are the result;
-best-epoch accuracy, best macro-F1 and minimum loss are labelled extras.
+best-epoch accuracy, best macro-F1 and minimum loss are labelled extras. Rows pooled over several
+pretrainings each (pretraining seeds) are also compared pairwise: the gap of their gains with its 95 %
+interval over pretrainings, and with --margin an equivalence test ("the two transfer the same within
+±margin points").
 """
 
 import glob
@@ -16,6 +19,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from itertools import combinations
 
 import numpy as np
 import yaml
@@ -286,7 +290,7 @@ def _row_sort(row: tuple) -> tuple:
 
 # --- the report --------------------------------------------------------------------------------
 
-def build(runs: list, out: str) -> str:
+def build(runs: list, out: str, margin: float | None = None) -> str:
     os.makedirs(out, exist_ok=True)
     cells = defaultdict(list)  # (row, col, metric) -> values over seeds
     for run in runs:
@@ -304,6 +308,7 @@ def build(runs: list, out: str) -> str:
                                                  for c, m in cols) + " |")
     table = "\n".join(lines)
     versus = _versus_scratch(runs, cells, with_setting)
+    between = _between_sources(runs, with_setting, margin)
     sizes = _parameters(runs)
     _bar_chart(cells, rows, sorted({c for c, _ in cols}), os.path.join(out, "bars.png"))
     _curves(runs, os.path.join(out, "curves.png"))
@@ -313,6 +318,7 @@ def build(runs: list, out: str) -> str:
             "accuracy, best macro-F1 (chosen on the validation split) and minimum validation loss only as labelled "
             "extras.\n\n" + (f"All runs: {shared}.\n\n" if shared else "") + table +
             (("\n\n## Against the from-scratch twin\n\n" + versus) if versus else "") +
+            (("\n\n## Between sources pretrained several times\n\n" + between) if between else "") +
             (("\n\n## Parameters\n\n" + sizes) if sizes else "") +
             "\n\n![accuracy by pretraining source](bars.png)\n\n![validation accuracy and loss per epoch](curves.png)\n\n" +
             ("![accuracy vs pretraining budget](budget.png)\n\n" if budget else "") + f"Runs: {len(runs)}\n")
@@ -335,12 +341,10 @@ def _versus_scratch(runs, cells, with_setting: bool) -> str:
     several pretrainings of one source (pretraining seeds: other weights files) also gets the gain of
     each, since they vary more than fine-tuning seeds do."""
     curves = defaultdict(list)
-    by_weights = defaultdict(lambda: defaultdict(list))  # (row, col) -> weights file -> last-epoch accs
     for r in runs:
         if any("val_acc" in h for h in r["history"]):
             curves[(r["row"], r["col"])].append({h["epoch"]: h["val_acc"] for h in r["history"] if "val_acc" in h})
-        if "acc" in (values := metric_values(r)):
-            by_weights[(r["row"], r["col"])][r["final"]["init"]].append(values["acc"])
+    by_weights = _accs_by_pretraining(runs)
     lines = ["| model | pretraining | " + ("setting | " if with_setting else "") + "dataset | " +
              ("scratch twin's setting | " if with_setting else "") + "Δ acc vs scratch (points) | "
              "epochs to reach scratch's final acc |", "|---|---|---|---|---|" + ("---|---|" if with_setting else "")]
@@ -361,6 +365,56 @@ def _versus_scratch(runs, cells, with_setting: bool) -> str:
         lines.append(f"| {label} | {col} | {twin_setting}{100 * (np.mean(values) - target):+.1f}{each} | "
                      f"{f'{reached} of {total}' if reached is not None else f'not within {total}'} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _accs_by_pretraining(runs) -> dict:
+    """(row, col) -> weights file -> the last-epoch accuracies of the runs fine-tuned from it."""
+    by_weights = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if "acc" in (values := metric_values(r)):
+            by_weights[(r["row"], r["col"])][r["final"]["init"]].append(values["acc"])
+    return by_weights
+
+
+def _between_sources(runs, with_setting: bool, margin: float | None) -> str:
+    """Every two pretrained rows of one model, setting and dataset that each pool >= 2 pretrainings: the
+    gap of their mean accuracies (= of their gains over a shared twin), in points, with Welch's 95 %
+    interval and two-sided p. The unit is the pretraining (the mean over its fine-tuning seeds): it
+    varies more than a fine-tuning seed, and fine-tunes of one pretraining are not independent. With a
+    margin, two one-sided tests: p < 0.05 shows the gap is inside ±margin."""
+    from scipy import stats
+
+    per = {key: np.array([100 * np.mean(a) for _, a in sorted(w.items())])
+           for key, w in _accs_by_pretraining(runs).items() if len(w) >= 2 and key[0][1] != "scratch"}
+    keys = sorted(per, key=lambda k: (_row_sort(k[0]), k[1]))
+    lines = []
+    for (ra, col), (rb, col_b) in combinations(keys, 2):
+        if col != col_b or ra[0] != rb[0] or ra[2] != rb[2]:
+            continue
+        x, y = per[(ra, col)], per[(rb, col)]
+        gap = x.mean() - y.mean()
+        vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+        se = np.sqrt(vx + vy)
+        if se > 0:
+            df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+            half = stats.t.ppf(0.975, df) * se
+            p_value = 2 * stats.t.sf(abs(gap) / se, df)
+            interval, p = f"{gap - half:+.1f} to {gap + half:+.1f}", f"{p_value:.2f}" if p_value >= 0.01 else "< 0.01"
+            tost = max(stats.t.sf((gap + margin) / se, df), stats.t.cdf((gap - margin) / se, df)) if margin else None
+        else:  # every pretraining of both rows gave the same accuracy: nothing to test
+            interval, p, tost = "–", "–", None
+        setting = f"{ra[2]} | " if with_setting else ""
+        cells = [ra[0], setting + ra[1], rb[1], col, f"{len(x)} / {len(y)}", f"{gap:+.1f}", interval, p]
+        if margin:
+            cells.append("–" if tost is None else f"{tost:.2f} ({'yes' if tost < 0.05 else 'not shown'})")
+        lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["model", ("setting | " if with_setting else "") + "pretraining A", "pretraining B", "dataset",
+            "pretrainings", "gap A − B (points)", "95 % interval (Welch)", "p (gap ≠ 0)"]
+    if margin:
+        head.append(f"within ±{margin:g} (two one-sided tests: p, shown?)")
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) + with_setting), *lines])
 
 
 def _parameters(runs) -> str:
@@ -486,7 +540,12 @@ def main(argv=None) -> None:
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run folders (or parent folders: every sub-folder with final.json)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--margin", type=float, default=None, metavar="POINTS",
+                    help="equivalence margin for rows pretrained several times: are their gains the same within "
+                         "±POINTS (two one-sided tests)? e.g. 1 for a parity goal of 1 point")
     args = ap.parse_args(argv)
+    if args.margin is not None and not args.margin > 0:
+        raise UserError(f"--margin {args.margin:g}: give a positive number of accuracy points, e.g. --margin 1")
     check_out_folder(args.out)
     paths = []
     for p in args.runs:
@@ -495,7 +554,7 @@ def main(argv=None) -> None:
         if not found:
             raise UserError(f"no finished run under {p} (a run folder holds final.json when finetune.main has finished)")
         paths += found
-    table = build(load_runs(paths), args.out)
+    table = build(load_runs(paths), args.out, args.margin)
     print(table)
     print(f"\nreport: {os.path.join(args.out, 'report.md')} (with its pictures beside it)")
 

@@ -5,9 +5,11 @@ probe, two augmentations) and fabricated run folders in the format finetune.main
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 
+from common.errors import UserError
 from finetune.main import main
 from finetune.report import main as report_main, model_name, source_name
 from tests.conftest import write_imagefolder
@@ -196,3 +198,36 @@ def test_mode_is_named_whenever_it_differs(tmp_path):
     rows = table_rows((tmp_path / "r" / "report.md").read_text())
     assert set(rows) == {("vit_tiny_patch16_224", "scratch", "fine-tune"),
                          ("vit_tiny_patch16_224", "multi", "linear probe")}
+
+
+def test_sources_pretrained_several_times_are_compared_with_an_interval_and_an_equivalence_test(tmp_path):
+    """The gap between two sources' gains, with the pretraining as the unit: Welch's interval and p,
+    and the two one-sided tests of --margin, checked against scipy's own t-tests."""
+    from scipy import stats
+
+    runs = [fabricate(tmp_path, f"scratch-s{f}", 0.30, f) for f in range(2)]
+    pretrainings = {"single": (0.35, 0.36, 0.37), "rcdb": (0.34, 0.345, 0.355)}  # mean of 2 fine-tunes each
+    for source, accs in pretrainings.items():
+        for p, acc in enumerate(accs):
+            runs += [fabricate(tmp_path, f"{source}-p{p}-s{f}", acc + (0.01 if f else -0.01), f, source=source,
+                               weights=f"{source}-p{p}") for f in range(2)]
+    runs += [fabricate(tmp_path, "ofdb-s0", 0.40, source="ofdb")]  # one pretraining: in no comparison
+    report_main([*runs, "--out", str(tmp_path / "report"), "--margin", "1"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    section = text.split("## Between sources pretrained several times\n\n")[1].split("\n\n")[0].splitlines()
+    assert len(section) == 3 and "ofdb" not in text.split("## Between")[1].split("## Parameters")[0]
+    x, y = (100 * np.array(pretrainings[s]) for s in ("rcdb", "single"))  # rows sort by name: rcdb first
+    welch = stats.ttest_ind(x, y, equal_var=False)
+    low, high = welch.confidence_interval(0.95)
+    tost = max(stats.ttest_ind(x + 1, y, equal_var=False, alternative="greater").pvalue,
+               stats.ttest_ind(x - 1, y, equal_var=False, alternative="less").pvalue)
+    assert section[2] == (f"| vit_tiny_patch16_224 | rcdb | single | cifar10 | 3 / 3 | {x.mean() - y.mean():+.1f} | "
+                          f"{low:+.1f} to {high:+.1f} | {welch.pvalue:.2f} | {tost:.2f} (not shown) |")
+    assert f"{low:+.1f} to {high:+.1f}" == "-3.4 to +0.7"  # the hand computation: t(0.975, df 3.7) x se 0.73
+
+    # without a margin no equivalence column; a margin that is not positive is one line
+    report_main([*runs, "--out", str(tmp_path / "r2")])
+    assert "two one-sided" not in (tmp_path / "r2" / "report.md").read_text()
+    with pytest.raises(UserError, match="--margin 0: give a positive number"):
+        report_main([*runs, "--out", str(tmp_path / "r3"), "--margin", "0"])
+    assert not (tmp_path / "r3").exists()
