@@ -307,8 +307,9 @@ def build(runs: list, out: str, margin: float | None = None) -> str:
         lines.append(f"| {label} | " + " | ".join(fmt(cells[(row, c, m)], m) if cells.get((row, c, m)) else "–"
                                                  for c, m in cols) + " |")
     table = "\n".join(lines)
-    versus = _versus_scratch(runs, cells, with_setting)
-    between = _between_sources(runs, with_setting, margin)
+    by_weights = _accs_by_pretraining(runs)
+    versus = _versus_scratch(runs, cells, by_weights, with_setting)
+    between = _between_sources(by_weights, with_setting, margin)
     sizes = _parameters(runs)
     _bar_chart(cells, rows, sorted({c for c, _ in cols}), os.path.join(out, "bars.png"))
     _curves(runs, os.path.join(out, "curves.png"))
@@ -335,7 +336,7 @@ def _twin(row: tuple, col: str, cells) -> tuple | None:
     return same[0] if same else scratch[0] if len(scratch) == 1 else None
 
 
-def _versus_scratch(runs, cells, with_setting: bool) -> str:
+def _versus_scratch(runs, cells, by_weights, with_setting: bool) -> str:
     """Per pretrained row: last-epoch accuracy minus its scratch twin's (points, means over seeds), and
     the first epoch at which its mean accuracy curve reaches the twin's final mean. A row pooled over
     several pretrainings of one source (pretraining seeds: other weights files) also gets the gain of
@@ -344,7 +345,6 @@ def _versus_scratch(runs, cells, with_setting: bool) -> str:
     for r in runs:
         if any("val_acc" in h for h in r["history"]):
             curves[(r["row"], r["col"])].append({h["epoch"]: h["val_acc"] for h in r["history"] if "val_acc" in h})
-    by_weights = _accs_by_pretraining(runs)
     lines = ["| model | pretraining | " + ("setting | " if with_setting else "") + "dataset | " +
              ("scratch twin's setting | " if with_setting else "") + "Δ acc vs scratch (points) | "
              "epochs to reach scratch's final acc |", "|---|---|---|---|---|" + ("---|---|" if with_setting else "")]
@@ -376,7 +376,7 @@ def _accs_by_pretraining(runs) -> dict:
     return by_weights
 
 
-def _between_sources(runs, with_setting: bool, margin: float | None) -> str:
+def _between_sources(by_weights, with_setting: bool, margin: float | None) -> str:
     """Every two pretrained rows of one model, setting and dataset that each pool >= 2 pretrainings: the
     gap of their mean accuracies (= of their gains over a shared twin), in points, with Welch's 95 %
     interval and two-sided p. The unit is the pretraining (the mean over its fine-tuning seeds): it
@@ -385,7 +385,7 @@ def _between_sources(runs, with_setting: bool, margin: float | None) -> str:
     from scipy import stats
 
     per = {key: np.array([100 * np.mean(a) for _, a in sorted(w.items())])
-           for key, w in _accs_by_pretraining(runs).items() if len(w) >= 2 and key[0][1] != "scratch"}
+           for key, w in by_weights.items() if len(w) >= 2 and key[0][1] != "scratch"}
     keys = sorted(per, key=lambda k: (_row_sort(k[0]), k[1]))
     lines = []
     for (ra, col), (rb, col_b) in combinations(keys, 2):
@@ -393,14 +393,13 @@ def _between_sources(runs, with_setting: bool, margin: float | None) -> str:
             continue
         x, y = per[(ra, col)], per[(rb, col)]
         gap = x.mean() - y.mean()
-        vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-        se = np.sqrt(vx + vy)
-        if se > 0:
-            df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
-            half = stats.t.ppf(0.975, df) * se
-            p_value = 2 * stats.t.sf(abs(gap) / se, df)
-            interval, p = f"{gap - half:+.1f} to {gap + half:+.1f}", f"{p_value:.2f}" if p_value >= 0.01 else "< 0.01"
-            tost = max(stats.t.sf((gap + margin) / se, df), stats.t.cdf((gap - margin) / se, df)) if margin else None
+        if x.var() + y.var() > 0:
+            welch = stats.ttest_ind(x, y, equal_var=False)
+            low, high = welch.confidence_interval(0.95)
+            interval = f"{low:+.1f} to {high:+.1f}"
+            p = f"{welch.pvalue:.2f}" if welch.pvalue >= 0.01 else "< 0.01"
+            tost = max(stats.ttest_ind(x + margin, y, equal_var=False, alternative="greater").pvalue,
+                       stats.ttest_ind(x - margin, y, equal_var=False, alternative="less").pvalue) if margin else None
         else:  # every pretraining of both rows gave the same accuracy: nothing to test
             interval, p, tost = "–", "–", None
         setting = f"{ra[2]} | " if with_setting else ""
@@ -544,8 +543,8 @@ def main(argv=None) -> None:
                     help="equivalence margin for rows pretrained several times: are their gains the same within "
                          "±POINTS (two one-sided tests)? e.g. 1 for a parity goal of 1 point")
     args = ap.parse_args(argv)
-    if args.margin is not None and not args.margin > 0:
-        raise UserError(f"--margin {args.margin:g}: give a positive number of accuracy points, e.g. --margin 1")
+    if args.margin is not None and not 0 < args.margin < float("inf"):
+        raise UserError(f"--margin {args.margin:g}: give a positive, finite number of accuracy points, e.g. --margin 1")
     check_out_folder(args.out)
     paths = []
     for p in args.runs:

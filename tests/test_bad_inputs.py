@@ -367,6 +367,10 @@ CASES += [
              '"std": [0.5, 0.5, 0.5]}')(tmp), write("afile", "x")(tmp))),
     Case("report: --out is a file", "report", ["{tmp}/runs", "--out", "{tmp}/afile"], ("afile",),
          setup=lambda tmp: (write("runs/r1/final.json", "{{}}")(tmp), write("afile", "x")(tmp))),
+    *[Case(f"report: equivalence --margin {m}", "report", ["{tmp}/runs", "--out", "{out}", "--margin", m],
+           ("--margin", "positive, finite")) for m in ("0", "-1", "nan", "inf")],
+    Case("report: equivalence --margin not a number", "report", ["{tmp}/runs", "--out", "{out}", "--margin", "one"],
+         ("--margin", "invalid float value")),
 ]
 
 # == models/report/stl10 (any timm model, published weights by name, STL-10 binary release) ==

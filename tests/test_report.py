@@ -228,6 +228,6 @@ def test_sources_pretrained_several_times_are_compared_with_an_interval_and_an_e
     # without a margin no equivalence column; a margin that is not positive is one line
     report_main([*runs, "--out", str(tmp_path / "r2")])
     assert "two one-sided" not in (tmp_path / "r2" / "report.md").read_text()
-    with pytest.raises(UserError, match="--margin 0: give a positive number"):
+    with pytest.raises(UserError, match="--margin 0: give a positive, finite number"):
         report_main([*runs, "--out", str(tmp_path / "r3"), "--margin", "0"])
     assert not (tmp_path / "r3").exists()
